@@ -1,0 +1,1 @@
+"""linker: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""The `mekb` command line: one module per sub-command, wired in main.py."""

@@ -1,0 +1,68 @@
+"""Every topic the system uses, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mekb.settings import Settings
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    compacted: bool
+    purpose: str
+
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec("interactions", False, "click/interaction events, key user_id"),
+    TopicSpec("items", False, "item create/update events, key item_id"),
+    TopicSpec("dead-letters", False, "rejected events with the reason and original bytes"),
+    TopicSpec("df-deltas", False, "entity document-frequency deltas, key entity"),
+    TopicSpec("training-examples", False, "point-in-time EmbedMe examples"),
+    TopicSpec("mekb-updates", True, "latest MeKB per user (compacted), key user_id"),
+    TopicSpec("model-updates", False, "a new model version was published"),
+)
+
+
+def topic_names(settings: Settings) -> list[str]:
+    return [settings.topic(t.name) for t in TOPICS]
+
+
+def new_topic_requests(settings: Settings) -> list[Any]:
+    """kafka-python NewTopic requests for every topic (state topics compacted)."""
+    from kafka.admin import NewTopic
+
+    return [
+        NewTopic(
+            settings.topic(spec.name),
+            num_partitions=settings.partitions,
+            replication_factor=settings.replication_factor,
+            topic_configs={"cleanup.policy": "compact"} if spec.compacted else {},
+        )
+        for spec in TOPICS
+    ]
+
+
+def create_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[str]:
+    """Create every topic (idempotent). Returns the names that were newly created."""
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import TopicAlreadyExistsError
+
+    from mekb.kafka_config import kafka_python_config
+
+    admin = KafkaAdminClient(**kafka_python_config(settings), client_id="mekb-topics")
+    try:
+        existing = set(admin.list_topics())
+        wanted = [t for t in new_topic_requests(settings) if t.name not in existing]
+        created = []
+        for topic in wanted:  # one by one: a race with another creator is not an error
+            try:
+                admin.create_topics([topic], timeout_ms=int(timeout_s * 1000))
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        admin.close()

@@ -1,0 +1,1 @@
+"""monitoring: see docs/architecture.md."""

@@ -1,0 +1,67 @@
+"""The CLI answers bad input with one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mekb.cli.main", *args],
+        capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "MEKB_DATA_DIR": "/nonexistent-mekb"},
+    )
+
+
+def test_help_lists_every_command() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("up", "broker", "topics", "produce", "sample", "config"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (("produce",), 2, "Missing argument"),
+        (("broker", "--port", "abc"), 2, "--port"),
+        (("broker", "--port", "70000"), 2, "--port"),
+        (("nosuch",), 2, "No such command"),
+        (("produce", "/no/such/file.jsonl"), 1, "no such file"),
+        (("produce", "x", "--type", "bogus"), 1, "--type"),
+        (("--log-level", "LOUD", "config"), 1, "--log-level"),
+        (("topics", "create"), 1, "no broker"),
+    ],
+)
+def test_bad_arguments_get_one_line(args: tuple[str, ...], code: int, needle: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == code
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("mekb: error:")
+    assert needle in lines[0]
+
+
+def test_invalid_environment_setting_is_named() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mekb.cli.main", "config"],
+        capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "MEKB_PARTITIONS": "zero"},
+    )
+    assert result.returncode == 1
+    assert "MEKB_PARTITIONS" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_masks_secrets() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mekb.cli.main", "config"],
+        capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "MEKB_SASL_PASSWORD": "hunter2"},
+    )
+    assert result.returncode == 0
+    assert "hunter2" not in result.stdout
+    assert "MEKB_SASL_PASSWORD" in result.stdout

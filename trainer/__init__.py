@@ -1,0 +1,1 @@
+"""trainer: see docs/architecture.md."""
