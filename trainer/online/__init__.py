@@ -1,0 +1,1 @@
+"""Continuous EmbedMe training from the `training-examples` stream (issue 6)."""

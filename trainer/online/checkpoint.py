@@ -1,0 +1,166 @@
+"""Atomic training checkpoints: weights, optimiser state and Kafka offsets together.
+
+Layout under the trainer's state dir:
+
+    checkpoints/ckpt-000000012/  model.safetensors, optimizer.safetensors, state.json
+    checkpoints/LATEST           name of the newest complete checkpoint
+
+A checkpoint is written into `.tmp-*`, fsynced, renamed into place, and only then
+does LATEST move to it (os.replace is atomic). A crash at any point leaves LATEST
+naming a complete checkpoint. The offsets inside are the next offsets to consume,
+so a restart re-reads every example that the weights have not seen yet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerState:
+    """Everything besides tensors that a restart needs."""
+
+    step: int = 0
+    examples_seen: int = 0
+    offsets: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> next offset
+    item_ids: list[str] = field(default_factory=list)  # row order of the item table
+    item_domains: list[str] = field(default_factory=list)
+    parent_version: str | None = None  # registry version the weights descend from
+    last_publish_at: float = 0.0
+    last_refit_at: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainerState:
+        return cls(**json.loads(text))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for child in path.rglob("*"):
+        if child.is_file():
+            with open(child, "rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(path)
+
+
+def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a torch optimiser state_dict into tensors (safetensors) and JSON scalars."""
+    import torch
+
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
+    for pid, slots in state["state"].items():
+        for name, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars["state"].setdefault(str(pid), {})[name] = value
+    return tensors, scalars
+
+
+def unflatten_optimizer(tensors: dict[str, Any], scalars: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    for pid, slots in scalars["state"].items():
+        state.setdefault(int(pid), {}).update(slots)
+    return {"state": state, "param_groups": scalars["param_groups"]}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    state: TrainerState
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / "model.safetensors"
+
+    @property
+    def optimizer_file(self) -> Path:
+        return self.path / "optimizer.safetensors"
+
+
+class CheckpointStore:
+    def __init__(self, root: Path, keep: int = 3) -> None:
+        self.root = root
+        self.keep = max(1, keep)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def latest(self) -> Checkpoint | None:
+        pointer = self.root / "LATEST"
+        try:
+            name = pointer.read_text().strip()
+        except FileNotFoundError:
+            return None
+        path = self.root / name
+        state = TrainerState.from_json((path / "state.json").read_text())
+        return Checkpoint(path, state)
+
+    def save(
+        self,
+        state: TrainerState,
+        model_tensors: dict[str, Any],
+        optimizer_state: dict[str, Any] | None = None,
+    ) -> Checkpoint:
+        """Write a complete checkpoint, then point LATEST at it (the commit point)."""
+        from safetensors.torch import save_file
+
+        tmp = self.root / f".tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        save_file({k: v.detach().cpu().contiguous() for k, v in model_tensors.items()},
+                  str(tmp / "model.safetensors"))
+        if optimizer_state is not None:
+            tensors, scalars = flatten_optimizer(optimizer_state)
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            (tmp / "optimizer.json").write_text(json.dumps(scalars))
+        (tmp / "state.json").write_text(state.to_json())
+        _fsync_tree(tmp)
+        final = self.root / f"ckpt-{state.step:09d}-{uuid.uuid4().hex[:6]}"
+        tmp.rename(final)
+        pointer_tmp = self.root / "LATEST.tmp"
+        pointer_tmp.write_text(final.name)
+        with open(pointer_tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(pointer_tmp, self.root / "LATEST")
+        _fsync_dir(self.root)
+        self._prune(final.name)
+        return Checkpoint(final, state)
+
+    def load_optimizer(self, ckpt: Checkpoint) -> dict[str, Any] | None:
+        from safetensors.torch import load_file
+
+        if not ckpt.optimizer_file.exists():
+            return None
+        scalars = json.loads((ckpt.path / "optimizer.json").read_text())
+        return unflatten_optimizer(load_file(str(ckpt.optimizer_file)), scalars)
+
+    def _prune(self, current: str) -> None:
+        """Drop unfinished temp dirs and all but the newest `keep` checkpoints."""
+        for tmp in self.root.glob(".tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        done = sorted(p for p in self.root.glob("ckpt-*") if p.is_dir())
+        for old in done[: -self.keep]:
+            if old.name != current:
+                shutil.rmtree(old, ignore_errors=True)
