@@ -65,6 +65,20 @@ class Settings(BaseSettings):
         default=Path("var"), description="Root of RocksDB state, registry and sample data."
     )
 
+    # --- monitoring ---
+    monitor_port: int = Field(
+        default=9466, ge=0, le=65535,
+        description="Port on 127.0.0.1 of the drift monitor's /metrics (`mekb monitor`).",
+    )
+    drift_window_s: float = Field(
+        default=3600.0, gt=0,
+        description="Event-time window of the entity-distribution drift (seconds).",
+    )
+    drift_probe_users: int = Field(
+        default=200, ge=1, le=100_000,
+        description="Size of the fixed probe set of users for embedding drift.",
+    )
+
     # --- Logging -----------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of every process."

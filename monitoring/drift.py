@@ -120,37 +120,43 @@ class WindowedEntityDistribution:
     """Entity distribution of the users updated in fixed event-time windows.
 
     Each user counts once per window with the entities of their latest MeKB in it,
-    i.e. the document frequency among that window's active users. `observe` returns
-    (psi, js) of the window that just closed against the one before it, or None.
+    i.e. the document frequency among that window's active users. Records arrive
+    out of event-time order across partitions, so a window closes only when the
+    watermark (highest event time seen minus `lateness_s`) passes its end; records
+    for an already closed window are counted in `late` and ignored. `observe`
+    returns (psi, js) for each window it closed, against the window before it.
     """
 
-    def __init__(self, window_s: float) -> None:
+    def __init__(self, window_s: float, lateness_s: float | None = None) -> None:
         if window_s <= 0:
             raise ValueError("window_s must be > 0")
         self.window_s = window_s
-        self._start: float | None = None
-        self._users: dict[str, tuple[str, ...]] = {}
+        self.lateness_s = window_s if lateness_s is None else lateness_s
+        self.late = 0
+        self._open: dict[int, dict[str, tuple[str, ...]]] = {}
+        self._closed_up_to: int | None = None  # windows with index < this are closed
         self._previous: Counter[str] | None = None
-
-    def _close(self) -> tuple[float, float] | None:
-        current: Counter[str] = Counter()
-        for entities in self._users.values():
-            current.update(set(entities))
-        self._users = {}
-        previous, self._previous = self._previous, current
-        if previous is None or not previous or not current:
-            return None
-        return psi(previous, current), jensen_shannon(previous, current)
+        self._max_ts = -math.inf
 
     def observe(
         self, user_id: str, entities: Sequence[str], ts: float
-    ) -> tuple[float, float] | None:
-        result = None
-        if self._start is None:
-            self._start = ts
-        elif ts >= self._start + self.window_s:
-            result = self._close()
-            # Jump to the window holding ts (idle gaps produce no empty windows).
-            self._start += math.floor((ts - self._start) / self.window_s) * self.window_s
-        self._users[user_id] = tuple(entities)
-        return result
+    ) -> list[tuple[float, float]]:
+        index = math.floor(ts / self.window_s)
+        if self._closed_up_to is not None and index < self._closed_up_to:
+            self.late += 1
+        else:
+            self._open.setdefault(index, {})[user_id] = tuple(entities)
+        self._max_ts = max(self._max_ts, ts)
+        watermark = self._max_ts - self.lateness_s
+        results = []
+        for idx in sorted(self._open):
+            if (idx + 1) * self.window_s > watermark:
+                break
+            current: Counter[str] = Counter()
+            for ents in self._open.pop(idx).values():
+                current.update(set(ents))
+            self._closed_up_to = idx + 1
+            previous, self._previous = self._previous, current
+            if previous and current:
+                results.append((psi(previous, current), jensen_shannon(previous, current)))
+        return results

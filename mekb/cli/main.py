@@ -8,7 +8,7 @@ import typer
 from typer.exceptions import TyperException
 
 from mekb import __version__
-from mekb.cli import broker, config, produce, sample, topics, up
+from mekb.cli import broker, config, monitor, produce, sample, topics, up
 from mekb.cli.common import CliError
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ app.add_typer(topics.app, name="topics")
 app.command()(produce.produce)
 app.command()(sample.sample)
 app.command()(config.config)
+app.command()(monitor.monitor)
 
 
 @app.callback()

@@ -58,16 +58,23 @@ def test_embedding_drift_rejects_mismatched_shapes() -> None:
         embedding_drift(np.zeros((2, 4)), np.zeros((3, 4)), np.zeros((5, 4)), np.zeros((5, 4)))
 
 
-def test_windowed_distribution_reports_on_window_close() -> None:
-    tracker = WindowedEntityDistribution(window_s=60)
-    assert tracker.observe("u1", ["kb:A", "kb:B"], 0) is None
-    assert tracker.observe("u2", ["kb:A"], 30) is None
-    # first window closes: nothing to compare with yet
-    assert tracker.observe("u1", ["kb:A", "kb:B"], 61) is None
-    tracker.observe("u2", ["kb:A"], 62)
-    # second window closes: same distribution as the first
-    stable = tracker.observe("u3", ["kb:Z"], 125)
-    assert stable is not None and stable[0] == pytest.approx(0.0, abs=1e-9)
-    tracker.observe("u4", ["kb:Z"], 126)
-    moved = tracker.observe("u1", ["kb:A"], 190)
-    assert moved is not None and moved[0] > 1 and moved[1] == pytest.approx(1.0)
+def test_windowed_distribution_closes_on_watermark() -> None:
+    tracker = WindowedEntityDistribution(window_s=60, lateness_s=30)
+    assert tracker.observe("u1", ["kb:A", "kb:B"], 0) == []
+    assert tracker.observe("u2", ["kb:A"], 70) == []  # watermark 40: window 0 still open
+    assert tracker.observe("u3", ["kb:A", "kb:B"], 10) == []  # out of order, still counted
+    assert tracker.observe("u4", ["kb:A"], 95) == []  # watermark 65 closes window 0 (first)
+    tracker.observe("u5", ["kb:A", "kb:B"], 100)
+    # window 1 = {u2: A, u4: A, u5: A B} vs window 0 = {u1: A B, u3: A B}
+    [(psi_value, js_value)] = tracker.observe("u6", ["kb:Z"], 200)
+    assert psi_value > 0 and 0 < js_value < 1
+    assert tracker.observe("u7", ["kb:A"], 5) == [] and tracker.late == 1
+
+
+def test_windowed_distribution_identical_windows_have_no_drift() -> None:
+    tracker = WindowedEntityDistribution(window_s=10, lateness_s=0)
+    results = []
+    for ts in (0, 10, 20, 30):
+        results += tracker.observe("u1", ["kb:A"], ts)
+        results += tracker.observe("u2", ["kb:B"], ts + 1)
+    assert [round(p, 9) for p, _ in results] == [0.0, 0.0]
