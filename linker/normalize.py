@@ -1,0 +1,150 @@
+"""Mention normalisation shared by every alias-table builder and both mention detectors.
+
+A mention *key* is what the alias table is indexed by. `mention_key(s)`:
+
+1. Unicode NFKC (full-width forms, ligatures and compatibility characters fold to
+   their canonical form: "ｆｉｌｍ" -> "film", "ﬁ" -> "fi");
+2. `str.casefold()` (full Unicode case folding: "Straße" -> "strasse");
+3. underscores become spaces (Wikipedia/DBpedia title convention);
+4. tokenisation: a token is a maximal run of letters, digits and combining marks,
+   except that characters of scripts written without spaces (Han, Hiragana,
+   Katakana, Thai, Lao, Khmer, Myanmar) are one token each - that is what makes
+   dictionary matching language-agnostic (the paper's Chinese mode);
+5. everything else (whitespace, punctuation, symbols) only separates tokens and is
+   dropped; tokens are joined by one space.
+
+So "Spider-Man", "spider man" and "SPIDER_MAN" share the key "spider man", and
+"Children's" becomes "children s". Mentions are matched on token boundaries only.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+import regex
+
+_NO_SPACE_SCRIPTS = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}"
+_TOKEN = regex.compile(
+    rf"[{_NO_SPACE_SCRIPTS}]|[[\p{{L}}\p{{N}}\p{{M}}]--[{_NO_SPACE_SCRIPTS}]]+",
+    flags=regex.V1,
+)
+_YEAR_SUFFIX = regex.compile(r"\s*\((?:\d{4}|\d{4}[-–]\d{2,4})\)\s*$")
+_ARTICLE_SUFFIX = regex.compile(
+    r"^(?P<head>.+?),\s+(?P<art>The|A|An|L'|Le|La|Les|Il|El|Los|Las|Der|Die|Das|Det|Den)"
+    r"(?P<tail>\s*\(.*\))?$"
+)
+_QUALIFIER = regex.compile(r"\s*\([^()]*\)\s*$")
+
+# Bumped when the key function changes: a table built with another version is refused.
+NORMALISATION_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Token:
+    key: str  # normalised token text
+    start: int  # character offsets in the NFKC-normalised input
+    end: int
+
+
+def tokens(text: str) -> list[str]:
+    """Normalised tokens of `text`."""
+    key = mention_key(text)
+    return key.split(" ") if key else []
+
+
+def mention_key(text: str) -> str:
+    """The alias-table key of a surface form ("" when it has no letters or digits).
+
+    Tokens are found on the NFKC text and then case-folded (folding never creates a
+    separator), exactly as `spans` does, so both always agree.
+    """
+    nfkc = unicodedata.normalize("NFKC", text).replace("_", " ")
+    return " ".join(_TOKEN.findall(nfkc)).casefold()
+
+
+def spans(text: str) -> tuple[str, list[Token]]:
+    """(NFKC text, tokens with offsets into it): detectors report surface text from it.
+
+    Case folding can change string length ("ß" -> "ss"), so tokens are found on the
+    NFKC text and folded one by one; offsets then index the NFKC text exactly.
+    """
+    nfkc = unicodedata.normalize("NFKC", text)
+    out = []
+    for m in _TOKEN.finditer(nfkc.replace("_", " ")):  # same length: offsets stay valid
+        out.append(Token(m.group().casefold(), m.start(), m.end()))
+    return nfkc, out
+
+
+def strip_qualifier(title: str) -> str:
+    """"Inception (film)" -> "Inception": the bare name people write in text."""
+    bare = _QUALIFIER.sub("", title)
+    return bare or title
+
+
+def clean_item_title(title: str) -> str:
+    """Catalogue conventions undone: "Usual Suspects, The (1995)" -> "The Usual Suspects".
+
+    Drops a trailing release year and moves a trailing article to the front (the
+    library-catalogue form MovieLens and many shops use).
+    """
+    out = _YEAR_SUFFIX.sub("", title.strip())
+    m = _ARTICLE_SUFFIX.match(out)
+    if m:
+        art = m.group("art")
+        sep = "" if art.endswith("'") else " "
+        out = f"{art}{sep}{m.group('head')}{m.group('tail') or ''}"
+    return out.strip() or title.strip()
+
+
+def display_key(text: str) -> str:
+    """Key of a domain entity (brand, category): NFKC, whitespace collapsed, case kept."""
+    return " ".join(unicodedata.normalize("NFKC", text).split())
+
+
+def words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+_SMALL_WORDS = words(
+    "a an and as at but by de del der des du en for from in into la le nor of on or "
+    "the to und van via von vs with"
+)
+_NOT_ROMAN = words("i mix mid dim liv di li mi ci vic lil")
+_ROMAN = regex.compile(r"^(?=[ivxlcdm]+$)m{0,3}(cm|cd|d?c{0,3})(xc|xl|l?x{0,3})(ix|iv|v?i{0,3})$")
+
+
+def _upper_first(word: str) -> str:
+    # Only upper-case a letter whose round trip is exact, so the mapping stays
+    # injective (distinct lowercase titles keep distinct readable titles).
+    for i, ch in enumerate(word):
+        if ch.isalpha():
+            up = ch.upper()
+            if len(up) == 1 and up.lower() == ch:
+                return word[:i] + up + word[i + 1 :]
+            return word
+    return word
+
+
+def readable_title(lowercased: str) -> str:
+    """A display title for a lowercased DBpedia title ("the_usual_suspects").
+
+    Title case: every word capitalised except small function words inside the
+    title; Roman numerals upper-cased ("rocky_ii" -> "Rocky II"); each part of a
+    hyphenated word capitalised ("spider-man" -> "Spider-Man"); letters after an
+    apostrophe kept ("ma'an" -> "Ma'an"). Only the case of letters changes, and only
+    where the change round-trips, so distinct inputs give distinct titles.
+    """
+    words = lowercased.replace("_", " ").split(" ")
+    out = []
+    for i, word in enumerate(words):
+        if not word:
+            out.append(word)
+            continue
+        if i > 0 and word in _SMALL_WORDS:
+            out.append(word)
+        elif _ROMAN.match(word) and word not in _NOT_ROMAN:
+            out.append(word.upper() if all(c.upper().lower() == c for c in word) else word)
+        else:
+            out.append("-".join(_upper_first(part) for part in word.split("-")))
+    return " ".join(out)
