@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from linker.base import KB
+from linker.errors import LinkerError
 from linker.normalize import NORMALISATION_VERSION, mention_key
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ _REC = "\x1e"  # between candidates
 _FIELD = "\x1f"  # between a candidate's title and count
 
 
-class AliasTableError(Exception):
+class AliasTableError(LinkerError):
     """A missing, foreign or damaged alias table (user-fixable: rebuild it)."""
 
 

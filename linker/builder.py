@@ -60,16 +60,23 @@ class TableBuilder:
         self.spill_rows = spill_rows
         self.progress = progress
         target.parent.mkdir(parents=True, exist_ok=True)
-        for stale in target.parent.glob(f".{target.name}.building-*"):
-            logger.info("removing the leftovers of an interrupted build: %s", stale)
-            shutil.rmtree(stale, ignore_errors=True)
+        for pattern in (f".{target.name}.building-*", f".{target.name}.scratch-*"):
+            for stale in target.parent.glob(pattern):
+                logger.info("removing the leftovers of an interrupted build: %s", stale)
+                shutil.rmtree(stale, ignore_errors=True)
         self.staging = target.parent / f".{target.name}.building-{os.getpid()}"
         self.staging.mkdir()
+        self._scratch = target.parent / f".{target.name}.scratch-{os.getpid()}"
         self._pending: dict[tuple[str, str], int] = {}
         self._runs: list[Path] = []
         self.rows_in = 0
         self.rows_dropped = 0
         self.started = time.time()
+
+    def scratch(self, name: str) -> Path:
+        """A private working path (e.g. a temporary RocksDB) removed by `cleanup()`."""
+        self._scratch.mkdir(exist_ok=True)
+        return self._scratch / name
 
     # --- aggregation ---------------------------------------------------
     def add(self, mention: str, title: str, count: int = 1) -> None:
@@ -189,9 +196,10 @@ class TableBuilder:
         return meta
 
     def cleanup(self) -> None:
-        """Remove the staging directory if the build did not publish."""
-        if self.staging.exists():
-            shutil.rmtree(self.staging, ignore_errors=True)
+        """Remove the scratch space, and the staging directory if it was not published."""
+        for path in (self.staging, self._scratch):
+            if path.exists():
+                shutil.rmtree(path, ignore_errors=True)
 
 
 class _NoBar:

@@ -16,8 +16,8 @@ from mekb.events import ItemEvent
 class DictionaryLinker(TableLinker):
     mode = "dictionary"
 
-    def detect_text(self, text: str) -> list[Mention]:
-        return longest_matches(self.table, text)
+    def detect_texts(self, texts: Sequence[str]) -> list[list[Mention]]:
+        return [longest_matches(self.table, text) for text in texts]
 
     def detect_many(self, items: Sequence[ItemEvent]) -> list[list[Mention]]:
         out = []

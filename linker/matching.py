@@ -78,7 +78,8 @@ def acceptable(key: str, surface: str, *, cased_text: bool) -> bool:
 
     - at least two letters/digits ("A", "中" alone are too ambiguous);
     - not purely numeric (years, counts);
-    - not made only of stop words;
+    - not made only of stop words, and in cased text not starting with a lowercase
+      one ("in London" is "London");
     - in cased text, at least one capital letter: common words that are also titles
       ("directed", "comedy" in running text) stay unlinked, while names ("Comedy" as
       a genre label, "iPhone") link. Scripts without case (Chinese, Japanese, Thai)
@@ -87,8 +88,11 @@ def acceptable(key: str, surface: str, *, cased_text: bool) -> bool:
     compact = key.replace(" ", "")
     if len(compact) < 2 or compact.isdigit():
         return False
-    if all(tok in STOPWORDS for tok in key.split(" ")):
+    toks = key.split(" ")
+    if all(tok in STOPWORDS for tok in toks):
         return False
+    if cased_text and toks[0] in STOPWORDS and surface[:1].islower():
+        return False  # "in London", "the Beatles": the name starts after the function word
     if cased_text and not any(c.isupper() for c in surface):
         return not any(c.islower() for c in surface)  # uncased scripts
     return True
@@ -109,15 +113,23 @@ def longest_matches(
     cased = _is_cased(text)
     keys = [t.key for t in tokens]
     joined = " ".join(keys)
+    n = len(tokens)
     starts = []
     pos = 0
     for k in keys:
         starts.append(pos)
         pos += len(k) + 1
+    # each token's segment ends where the next hard separator (",", ":", ...) is
+    seg_end = [0] * n
+    end = len(joined)
+    for idx in range(n - 1, -1, -1):
+        seg_end[idx] = end
+        if tokens[idx].brk:
+            end = starts[idx] - 1
     out: list[Mention] = []
-    i, n = 0, len(tokens)
+    i = 0
     while i < n:
-        suffix = joined[starts[i] :]
+        suffix = joined[starts[i] : seg_end[i]]
         found = table.prefixes(suffix)
         advance = 1
         if found:
@@ -155,6 +167,14 @@ class TableLinker(Linker):
     @abstractmethod
     def detect_many(self, items: Sequence[ItemEvent]) -> list[list[Mention]]:
         """Mentions of each item (over all of its texts)."""
+
+    @abstractmethod
+    def detect_texts(self, texts: Sequence[str]) -> list[list[Mention]]:
+        """Mentions of each plain text (offsets index the NFKC form of the text)."""
+
+    def links_texts(self, texts: Sequence[str]) -> list[list[Link]]:
+        """Every mention of each text with its AT@1 outcome (for `mekb link`, quality)."""
+        return [[self.disambiguate(m) for m in ms] for ms in self.detect_texts(texts)]
 
     def disambiguate(self, mention: Mention) -> Link:
         cands = self.table.candidates(mention.key)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from linker.alias_table import AliasTable
+from linker.errors import LinkerError
 from linker.matching import Mention, TableLinker, acceptable, item_texts, longest_matches
 from linker.normalize import clean_item_title, mention_key
 from mekb.events import ItemEvent
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 SKIP_LABELS = frozenset({"DATE", "TIME", "PERCENT", "MONEY", "QUANTITY", "ORDINAL", "CARDINAL"})
 
 
-class NerUnavailable(RuntimeError):
+class NerUnavailable(LinkerError):
     """The configured spaCy pipeline is not installed (user-fixable)."""
 
 
@@ -93,7 +94,7 @@ class NerLinker(TableLinker):
         inner = longest_matches(self.table, surface)
         return [Mention(m.key, m.text, m.start + start, m.end + start) for m in inner]
 
-    def detect_docs(self, texts: Sequence[str]) -> list[list[Mention]]:
+    def detect_texts(self, texts: Sequence[str]) -> list[list[Mention]]:
         """Mentions of many texts through one `nlp.pipe` run."""
         out = []
         docs = self.nlp.pipe(texts, batch_size=self.batch_size, n_process=self.n_process)
@@ -108,7 +109,7 @@ class NerLinker(TableLinker):
 
     def detect_many(self, items: Sequence[ItemEvent]) -> list[list[Mention]]:
         texts = [item_texts(item)[-1] for item in items]  # description, else the title
-        per_text = self.detect_docs(texts)
+        per_text = self.detect_texts(texts)
         out = []
         for item, mentions in zip(items, per_text, strict=True):
             title = clean_item_title(item.title)

@@ -34,6 +34,7 @@ _ARTICLE_SUFFIX = regex.compile(
     r"^(?P<head>.+?),\s+(?P<art>The|A|An|L'|Le|La|Les|Il|El|Los|Las|Der|Die|Das|Det|Den)"
     r"(?P<tail>\s*\(.*\))?$"
 )
+_HARD_BREAK = regex.compile(r"[,;:!?()\[\]{}\"“”«»|/\n、，；：！？（）「」『』]")
 _QUALIFIER = regex.compile(r"\s*\([^()]*\)\s*$")
 
 # Bumped when the key function changes: a table built with another version is refused.
@@ -45,6 +46,7 @@ class Token:
     key: str  # normalised token text
     start: int  # character offsets in the NFKC-normalised input
     end: int
+    brk: bool = False  # a hard separator precedes it: no mention spans the gap
 
 
 def tokens(text: str) -> list[str]:
@@ -70,10 +72,27 @@ def spans(text: str) -> tuple[str, list[Token]]:
     NFKC text and folded one by one; offsets then index the NFKC text exactly.
     """
     nfkc = unicodedata.normalize("NFKC", text)
-    out = []
+    out: list[Token] = []
+    prev_end = 0
     for m in _TOKEN.finditer(nfkc.replace("_", " ")):  # same length: offsets stay valid
-        out.append(Token(m.group().casefold(), m.start(), m.end()))
+        gap = nfkc[prev_end : m.start()]
+        brk = bool(out) and _breaks(gap, nfkc[out[-1].start : out[-1].end])
+        out.append(Token(m.group().casefold(), m.start(), m.end(), brk))
+        prev_end = m.end()
     return nfkc, out
+
+
+def _breaks(gap: str, previous: str) -> bool:
+    """Clause and list punctuation separates mentions ("Action, Adventure" is two).
+
+    A full stop after a capitalised word of at most two letters is taken for an
+    abbreviation ("J. K. Rowling", "St. Louis") and does not separate.
+    """
+    if _HARD_BREAK.search(gap):
+        return True
+    if "." in gap or "。" in gap:
+        return not (len(previous) <= 2 and previous[:1].isupper() and previous.isalpha())
+    return False
 
 
 def strip_qualifier(title: str) -> str:

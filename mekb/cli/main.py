@@ -8,7 +8,7 @@ import typer
 from typer.exceptions import TyperException
 
 from mekb import __version__
-from mekb.cli import broker, config, monitor, produce, sample, topics, up
+from mekb.cli import broker, config, link, linker, monitor, produce, sample, topics, up
 from mekb.cli.common import CliError
 
 app = typer.Typer(
@@ -30,6 +30,8 @@ app.command()(produce.produce)
 app.command()(sample.sample)
 app.command()(config.config)
 app.command()(monitor.monitor)
+app.command()(link.link)
+app.add_typer(linker.app, name="linker")
 
 
 @app.callback()
@@ -61,7 +63,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from mekb.kafka_config import BrokerNotFound
     from mekb.sample import SampleUnavailable
 
-    return (CliError, BrokerError, BrokerNotFound, SampleUnavailable, ValidationError, OSError)
+    from linker.errors import LinkerError
+
+    return (
+        CliError, BrokerError, BrokerNotFound, SampleUnavailable, LinkerError, ValidationError,
+        OSError,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
