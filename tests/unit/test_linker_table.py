@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,9 @@ def test_normalisation_is_nfkc_casefold_and_tokens() -> None:
     assert mention_key("Spider-Man") == mention_key("SPIDER_MAN") == "spider man"
     assert mention_key("ｆｉｌｍ  Noir") == "film noir"  # full-width + whitespace
     assert mention_key("Straße") == "strasse"
+    assert mention_key("Björk Guðmundsdóttir") == "bjork guðmundsdottir"  # accents folded
+    assert mention_key("Secker & Warburg") == mention_key("Secker and Warburg")
+    assert mention_key("हिन्दी") == "हिन्दी"  # marks of other scripts are kept
     assert mention_key("北京大学") == "北 京 大 学"  # no-space scripts: one char per token
     assert mention_key(" ... ") == ""
 
@@ -169,7 +173,7 @@ def test_rebuild_replaces_table_atomically(tmp_path: Path) -> None:
 def test_foreign_or_damaged_table_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "alias"
     AliasTable.build(path, [("A", "A", 1)]).close()
-    meta = (path / "meta.json").read_text().replace('"normalisation": 1', '"normalisation": 99')
-    (path / "meta.json").write_text(meta)
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps({**meta, "normalisation": 99}))
     with pytest.raises(AliasTableError, match="normalisation"):
         AliasTable.open(path)
