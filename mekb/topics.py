@@ -19,7 +19,11 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("interactions", False, "click/interaction events, key user_id"),
     TopicSpec("items", False, "item create/update events, key item_id"),
     TopicSpec("dead-letters", False, "rejected events with the reason and original bytes"),
-    TopicSpec("df-deltas", False, "entity document-frequency deltas, key entity"),
+    TopicSpec("item-entities", True, "linked entities of every item (compacted), key item_id"),
+    TopicSpec("df-partials", True, "per-partition entity document frequencies (compacted), "
+              "key <partition>/<entity>"),
+    TopicSpec("mekb-changelog", True, "stream worker state changelog (compacted), "
+              "co-partitioned with interactions"),
     TopicSpec("training-examples", False, "point-in-time EmbedMe examples"),
     TopicSpec("mekb-updates", True, "latest MeKB per user (compacted), key user_id"),
     TopicSpec("model-updates", False, "a new model version was published"),

@@ -1,0 +1,59 @@
+"""`mekb worker`: the stream worker (item agent, MeKB agent, df and item tables)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import typer
+
+from mekb.cli.common import CliError, settings_with
+
+
+def worker(
+    worker_id: str = typer.Option(
+        None, "--id", help="Worker name; RocksDB in $MEKB_DATA_DIR/streams/<id> (MEKB_WORKER_ID)."
+    ),
+    port: int = typer.Option(
+        None, "--port", min=0, max=65535,
+        help="/metrics and /health port on 127.0.0.1 (MEKB_WORKER_PORT).",
+    ),
+) -> None:
+    """Keep every user's MeKB and the global entity df/N in RocksDB from the interaction
+    and item streams; publish mekb-updates and training-examples."""
+    from prometheus_client import CollectorRegistry
+
+    from linker.factory import build_linker
+    from streams.http import serve
+    from streams.metrics import StreamMetrics
+    from streams.state.rocksdb import RocksDBStore
+    from streams.worker import StreamWorker, health_json
+
+    settings = settings_with(worker_id=worker_id, worker_port=port)
+    if settings.exactly_once and settings.flavor == "tansu":
+        raise CliError("MEKB_EXACTLY_ONCE needs Apache Kafka; the embedded broker has no "
+                       "transactions (the default at-least-once keeps state exact)")
+    try:
+        linker = build_linker(settings)
+    except Exception as exc:  # AliasTableError, NerUnavailable: user-fixable
+        raise CliError(f"no entity linker: {exc}") from None
+    registry = CollectorRegistry()
+    store = RocksDBStore(settings.data_dir / "streams" / settings.worker_id)
+    stream_worker = StreamWorker(settings, store, linker, StreamMetrics(registry))
+    server = serve(settings.worker_port, registry, lambda: health_json(stream_worker))
+    typer.echo(f"stream worker {settings.worker_id}: http://127.0.0.1:"
+               f"{server.server_address[1]}/metrics and /health")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stream_worker.run(stop)
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.shutdown()
+        store.close()
+        linker.close()

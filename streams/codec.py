@@ -1,0 +1,91 @@
+"""Wire and state encodings of the stream worker (orjson: the hot path encodes every
+user state, changelog record and output once per batch)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from mekb.events import InteractionEvent, parse_interaction
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def loads(raw: bytes | str) -> Any:
+    return orjson.loads(raw)
+
+
+def event_hash(event_id: str) -> int:
+    """64-bit id of an event for the dedupe window (stable across processes, unlike hash())."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
+
+
+def parse_interaction_fast(raw: bytes) -> InteractionEvent:
+    """The contract's validator on raw JSON (pydantic's Rust parser, one pass); when it
+    fails, the reference parser runs to raise the contract's EventError and reason."""
+    if len(raw) <= 64 * 1024:
+        try:
+            return InteractionEvent.model_validate_json(raw)
+        except ValueError:
+            pass
+    return parse_interaction(raw)
+
+
+@dataclass
+class UserState:
+    """One user's MeKB: entity counts k, the dedupe window, recently seen items."""
+
+    version: int = 0
+    ts: float = 0.0
+    counts: dict[str, float] = field(default_factory=dict)
+    recent: list[int] = field(default_factory=list)  # event hashes, oldest first
+    seen: list[str] = field(default_factory=list)  # item ids, oldest first
+    _recent_set: set[int] | None = None
+
+    def seen_event(self, h: int) -> bool:
+        if self._recent_set is None:
+            self._recent_set = set(self.recent)
+        return h in self._recent_set
+
+    def remember_event(self, h: int, window: int) -> None:
+        if self._recent_set is None:
+            self._recent_set = set(self.recent)
+        self.recent.append(h)
+        self._recent_set.add(h)
+        if len(self.recent) > window:
+            drop = self.recent[: len(self.recent) - window]
+            del self.recent[: len(drop)]
+            for old in drop:
+                self._recent_set.discard(old)
+
+    def remember_item(self, item_id: str, limit: int) -> None:
+        if limit <= 0:
+            return
+        if self.seen and self.seen[-1] == item_id:
+            return
+        if item_id in self.seen:
+            self.seen.remove(item_id)
+        self.seen.append(item_id)
+        if len(self.seen) > limit:
+            del self.seen[: len(self.seen) - limit]
+
+    def encode(self) -> bytes:
+        packed = struct.pack(f"<{len(self.recent)}Q", *self.recent)
+        return dumps({
+            "v": self.version, "ts": self.ts, "c": self.counts,
+            "r": base64.b64encode(packed).decode("ascii"), "s": self.seen,
+        })
+
+    @classmethod
+    def decode(cls, raw: bytes) -> UserState:
+        obj = loads(raw)
+        packed = base64.b64decode(obj["r"])
+        recent = list(struct.unpack(f"<{len(packed) // 8}Q", packed))
+        return cls(int(obj["v"]), float(obj["ts"]), dict(obj["c"]), recent, list(obj["s"]))

@@ -1,0 +1,382 @@
+"""The MeKB agent's batch core for one input partition (pure: no I/O but the local store).
+
+`MeKBPartition.process(records)` turns one batch of `interactions` records into a
+`FlushPlan`: state changes (written to the local store and, identically, to the
+changelog), output records, and df partials. The worker makes the plan durable in
+the order documented in streams/worker.py and only then commits the input offsets.
+
+Per event, in order:
+1. parse with the event contract; a malformed event or a record whose key is not
+   its user_id -> dead letter (reason), processing continues;
+2. not positive (see StreamConfig) -> counted `ignored`, no state change;
+3. event_id in the user's dedupe window -> `duplicate`;
+4. item unknown -> parked (durable, bounded, expires to a dead letter); inline item
+   fields are forwarded once to `items` so the item agent links them;
+5. target domain -> training example from the MeKB *before* this event;
+6. k(e) += event weight × entity weight for every entity of the item; the lowest-k
+   entities beyond top-M are evicted.
+At the end of the batch each touched user is written once (state, changelog record,
+mekb-update) and df_p/n_p change by the diff between the user's entity set before
+and after the batch, which keeps df exact whatever happened in between.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from mekb.events import EventError, InteractionEvent
+from mekb.scoring import mekb_scores
+from streams.catalog import ItemCatalog, LinkedItem
+from streams.codec import UserState, dumps, event_hash, loads, parse_interaction_fast
+from streams.config import StreamConfig
+from streams.dftable import USERS_KEY, DfTable, partial_key, partial_value
+from streams.state.base import StateStore
+
+logger = logging.getLogger(__name__)
+
+# Partition-local keys (the changelog carries exactly these; the store prefixes them).
+USER = b"u\x00"
+DF = b"d\x00"
+PARK = b"k\x00"
+META = b"m"
+LOCAL = b"l"  # local bookkeeping (changelog position), never changelogged
+
+
+def store_prefix(partition: int) -> bytes:
+    return b"%d/" % partition
+
+
+@dataclass(frozen=True)
+class InRecord:
+    offset: int
+    key: bytes | None
+    value: bytes
+    topic: str = "interactions"
+
+
+@dataclass(frozen=True)
+class Output:
+    """A record for partition p of a logical output topic."""
+
+    topic: str  # mekb-updates | training-examples | dead-letters | items
+    key: bytes | None
+    value: bytes
+
+
+@dataclass
+class FlushPlan:
+    partition: int
+    next_offset: int | None = None
+    changes: dict[bytes, bytes | None] = field(default_factory=dict)
+    outputs: list[Output] = field(default_factory=list)
+    df_partials: list[tuple[bytes, bytes]] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    event_times: list[float] = field(default_factory=list)
+    mekb_sizes: list[int] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.changes or self.outputs or self.df_partials)
+
+
+@dataclass
+class _Parked:
+    user_id: str
+    raw: bytes
+    at: float
+    offset: int
+
+    def encode(self) -> bytes:
+        return dumps({"u": self.user_id, "raw": self.raw.decode(), "at": self.at,
+                      "off": self.offset})
+
+    @classmethod
+    def decode(cls, value: bytes) -> _Parked:
+        obj = loads(value)
+        return cls(obj["u"], obj["raw"].encode(), float(obj["at"]), int(obj["off"]))
+
+
+def dead_letter(rec: InRecord, partition: int, reason: str, fld: str, error: str) -> Output:
+    value = dumps({
+        "v": 1, "source": rec.topic, "partition": partition, "offset": rec.offset,
+        "reason": reason, "field": fld, "error": error[:1000],
+        "original": base64.b64encode(rec.value).decode("ascii"),
+    })
+    return Output("dead-letters", rec.key, value)
+
+
+class MeKBPartition:
+    """State and batch logic of one `interactions` partition. Rebuilt from the store
+    (`load`) — the constructor holds no state of its own."""
+
+    def __init__(
+        self, partition: int, store: StateStore, config: StreamConfig,
+        catalog: ItemCatalog, dftable: DfTable, n_partitions: int = 1,
+    ) -> None:
+        self.partition = partition
+        self.store = store
+        self.config = config
+        self.catalog = catalog
+        self.dftable = dftable
+        self.prefix = store_prefix(partition)
+        self.cache_max = max(1, config.cache_users // max(1, n_partitions))
+        self.cache: dict[str, UserState] = {}
+        self.df_p: dict[str, int] = {}
+        self.n_p = 0
+        self.seq = 0
+        self.changelog_next = 0
+        self.parked: dict[str, dict[str, _Parked]] = {}
+        self.parked_count = 0
+        self._park_order: deque[tuple[float, str, str]] = deque()
+        self._forwarded: set[str] = set()
+
+    # --- loading -----------------------------------------------------------
+    def load(self) -> None:
+        """(Re)build the in-memory view from the local store."""
+        self.cache.clear()
+        self.df_p = {
+            k[len(self.prefix) + len(DF):].decode(): int(v)
+            for k, v in self.store.scan(self.prefix + DF)
+        }
+        meta = self.store.get(self.prefix + META)
+        obj = loads(meta) if meta else {}
+        self.seq, self.n_p = int(obj.get("seq", 0)), int(obj.get("n", 0))
+        local = self.store.get(self.prefix + LOCAL)
+        self.changelog_next = int(loads(local)["changelog_next"]) if local else 0
+        self.parked.clear()
+        self._park_order.clear()
+        self.parked_count = 0
+        entries = []
+        for key, value in self.store.scan(self.prefix + PARK):
+            item, _, event_id = key[len(self.prefix) + len(PARK):].decode().partition("\x00")
+            entries.append((item, event_id, _Parked.decode(value)))
+        for item, event_id, parked in sorted(entries, key=lambda x: x[2].at):
+            self._park(item, event_id, parked)
+
+    def df_snapshot(self) -> list[tuple[bytes, bytes]]:
+        """Every partial of this partition (re-published after a restore, idempotently)."""
+        out = [(partial_key(self.partition, e), partial_value(self.seq, v))
+               for e, v in self.df_p.items()]
+        out.append((partial_key(self.partition, USERS_KEY), partial_value(self.seq, self.n_p)))
+        return out
+
+    # --- lookups -----------------------------------------------------------
+    def df_of(self, entity: str) -> int:
+        """Global df with this partition's own, newer contribution; >= 1 for a held entity."""
+        table = self.dftable
+        value = table.df.get(entity, 0) - table.partial(self.partition, entity)
+        return max(1, value + self.df_p.get(entity, 0))
+
+    def n_users(self) -> int:
+        table = self.dftable
+        return max(1, table.n_users - table.partial(self.partition, USERS_KEY) + self.n_p)
+
+    def user(self, user_id: str) -> UserState:
+        state = self.cache.get(user_id)
+        if state is None:
+            raw = self.store.get(self.prefix + USER + user_id.encode())
+            state = UserState.decode(raw) if raw is not None else UserState()
+            self.cache[user_id] = state
+        return state
+
+    def scored(self, counts: dict[str, float]) -> list[dict[str, object]]:
+        scores = mekb_scores(counts, self.df_of, self.n_users(), self.config.k_star)
+        title = self.catalog.title
+        return [{"id": s.entity_id, "title": title(s.entity_id), "k": counts[s.entity_id],
+                 "score": s.score} for s in scores]
+
+    # --- parking -----------------------------------------------------------
+    def _park(self, item: str, event_id: str, parked: _Parked) -> None:
+        self.parked.setdefault(item, {})[event_id] = parked
+        self.parked_count += 1
+        self._park_order.append((parked.at, item, event_id))
+
+    def _unpark(self, item: str, event_id: str, plan: FlushPlan) -> _Parked | None:
+        bucket = self.parked.get(item)
+        if not bucket or event_id not in bucket:
+            return None
+        parked = bucket.pop(event_id)
+        if not bucket:
+            del self.parked[item]
+        self.parked_count -= 1
+        plan.changes[PARK + f"{item}\x00{event_id}".encode()] = None
+        return parked
+
+    def _expire(self, now: float, plan: FlushPlan) -> None:
+        horizon = now - self.config.park_ttl_s
+        while self._park_order and self._park_order[0][0] <= horizon:
+            _, item, event_id = self._park_order.popleft()
+            parked = self._unpark(item, event_id, plan)
+            if parked is None:
+                continue  # applied or expired already
+            rec = InRecord(parked.offset, parked.user_id.encode(), parked.raw)
+            plan.outputs.append(dead_letter(
+                rec, self.partition, "item_unknown", "item_id",
+                f"item {item!r} unknown after {self.config.park_ttl_s:.0f}s"))
+            plan.dead_letters["item_unknown"] += 1
+            plan.outcomes["expired"] += 1
+
+    # --- the batch ---------------------------------------------------------
+    def process(
+        self, records: Iterable[InRecord], fresh_items: Iterable[str] = (),
+        now: float | None = None,
+    ) -> FlushPlan:
+        now = time.time() if now is None else now
+        plan = FlushPlan(self.partition)
+        before: dict[str, set[str]] = {}
+        touched: dict[str, UserState] = {}
+
+        # Parked interactions whose item has arrived go first: they are older.
+        ready = [i for i in fresh_items if i in self.parked]
+        for item_id in ready:
+            item = self.catalog.get(item_id)
+            if item is None:
+                continue
+            for event_id, parked in sorted(self.parked[item_id].items(),
+                                           key=lambda kv: kv[1].offset):
+                self._unpark(item_id, event_id, plan)
+                event = parse_interaction_fast(parked.raw)
+                self._apply(event, item, plan, before, touched, from_park=True)
+        self._expire(now, plan)
+
+        for rec in records:
+            plan.next_offset = rec.offset + 1
+            self._one(rec, plan, before, touched, now)
+
+        self._finish(plan, before, touched, now)
+        return plan
+
+    def _one(self, rec: InRecord, plan: FlushPlan, before: dict[str, set[str]],
+             touched: dict[str, UserState], now: float) -> None:
+        try:
+            event = parse_interaction_fast(rec.value)
+        except EventError as exc:
+            plan.outputs.append(dead_letter(rec, self.partition, exc.reason, exc.field,
+                                            exc.message))
+            plan.dead_letters[exc.reason] += 1
+            plan.outcomes["dead_letter"] += 1
+            return
+        if rec.key != event.user_id.encode():
+            # Per-user state needs every event of a user in one partition: the key decides.
+            plan.outputs.append(dead_letter(rec, self.partition, "key_mismatch", "key",
+                                            "record key must be the user_id"))
+            plan.dead_letters["key_mismatch"] += 1
+            plan.outcomes["dead_letter"] += 1
+            return
+        if not self.config.is_positive(event.action, event.rating):
+            plan.outcomes["ignored"] += 1
+            return
+        state = self.user(event.user_id)
+        if state.seen_event(event_hash(event.event_id)):
+            plan.outcomes["duplicate"] += 1
+            return
+        item = self.catalog.get(event.item_id)
+        if item is None:
+            bucket = self.parked.get(event.item_id)
+            if bucket and event.event_id in bucket:
+                plan.outcomes["duplicate"] += 1
+                return
+            if self.parked_count >= self.config.park_max:
+                plan.outputs.append(dead_letter(rec, self.partition, "park_full", "item_id",
+                                                f"item unknown and {self.parked_count} parked"))
+                plan.dead_letters["park_full"] += 1
+                plan.outcomes["dead_letter"] += 1
+                return
+            parked = _Parked(event.user_id, rec.value, now, rec.offset)
+            self._park(event.item_id, event.event_id, parked)
+            plan.changes[PARK + f"{event.item_id}\x00{event.event_id}".encode()] = parked.encode()
+            plan.outcomes["parked"] += 1
+            inline = event.inline_item()
+            if inline is not None and event.item_id not in self._forwarded:
+                from mekb.events import encode
+
+                self._forwarded.add(event.item_id)
+                plan.outputs.append(Output("items", event.item_id.encode(), encode(inline)))
+            return
+        # The same event may still be parked (a copy arrived before its item did).
+        self._unpark(event.item_id, event.event_id, plan)
+        self._apply(event, item, plan, before, touched, from_park=False)
+
+    def _apply(self, event: InteractionEvent, item: LinkedItem, plan: FlushPlan,
+               before: dict[str, set[str]], touched: dict[str, UserState],
+               *, from_park: bool) -> None:
+        state = self.user(event.user_id)
+        user_id = event.user_id
+        if user_id not in before:
+            before[user_id] = set(state.counts)
+            touched[user_id] = state
+        counts = state.counts
+        if not from_park and event.domain in self.config.target_domains:
+            # Point in time: the MeKB as it stands before this event. A parked event is
+            # applied after later events of its user, so it gets no example (no leakage).
+            plan.outputs.append(Output("training-examples", user_id.encode(), dumps({
+                "v": 1, "example_id": event.event_id, "user_id": user_id, "ts": event.ts,
+                "domain": event.domain, "item_id": event.item_id,
+                "mekb_version": state.version, "entities": self.scored(counts),
+            })))
+            plan.outcomes["example"] += 1
+        weight = event.weight
+        for entity_id, _, entity_weight in item.entities:
+            counts[entity_id] = counts.get(entity_id, 0.0) + weight * entity_weight
+        excess = len(counts) - self.config.max_entities
+        if excess > 0:
+            # Evict the lowest k (ties: smallest id); df follows from the end-of-batch diff.
+            for entity_id, _ in sorted(counts.items(), key=lambda kv: (kv[1], kv[0]))[:excess]:
+                del counts[entity_id]
+        state.version += 1
+        state.ts = event.ts
+        state.remember_event(event_hash(event.event_id), self.config.dedupe_window)
+        state.remember_item(event.item_id, self.config.seen_items)
+        plan.outcomes["unparked" if from_park else "applied"] += 1
+        plan.event_times.append(event.ts)
+
+    def _finish(self, plan: FlushPlan, before: dict[str, set[str]],
+                touched: dict[str, UserState], now: float) -> None:
+        changed: set[str] = set()
+        n_before = self.n_p
+        for user_id, state in touched.items():
+            after = set(state.counts)
+            was = before[user_id]
+            for entity_id in after - was:
+                self.df_p[entity_id] = self.df_p.get(entity_id, 0) + 1
+                changed.add(entity_id)
+            for entity_id in was - after:
+                self.df_p[entity_id] -= 1
+                changed.add(entity_id)
+            if bool(after) != bool(was):
+                self.n_p += 1 if after else -1
+        for entity_id in changed:
+            value = self.df_p.get(entity_id, 0)
+            if value == 0:
+                self.df_p.pop(entity_id, None)
+            plan.changes[DF + entity_id.encode()] = str(value).encode() if value else None
+        for user_id, state in touched.items():
+            plan.changes[USER + user_id.encode()] = state.encode()
+            entities = self.scored(state.counts)
+            plan.mekb_sizes.append(len(entities))
+            plan.outputs.append(Output("mekb-updates", user_id.encode(), dumps({
+                "v": 1, "user_id": user_id, "version": state.version, "ts": state.ts,
+                "updated_at": now, "n_users": self.n_users(), "entities": entities,
+                "seen_items": state.seen[::-1],
+            })))
+        if plan.changes:
+            self.seq += 1
+            plan.changes[META] = dumps({"seq": self.seq, "n": self.n_p})
+            plan.df_partials = [
+                (partial_key(self.partition, e), partial_value(self.seq, self.df_p.get(e, 0)))
+                for e in sorted(changed)
+            ]
+            if self.n_p != n_before:
+                plan.df_partials.append(
+                    (partial_key(self.partition, USERS_KEY), partial_value(self.seq, self.n_p)))
+        if len(self.cache) > self.cache_max:
+            # FIFO eviction of decoded states; the store holds all of them.
+            for user_id in list(self.cache)[: len(self.cache) - self.cache_max]:
+                if user_id not in touched:
+                    del self.cache[user_id]

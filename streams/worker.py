@@ -1,0 +1,457 @@
+"""The stream worker process: item agent, MeKB agent, df table, item table.
+
+Why aiokafka consumer groups rather than Faust agents on the hot path: the delivery
+guarantee below needs the input offset committed only after state, changelog and
+outputs are durable, a changelog restore that never trusts ListOffsets (wrong on
+Tansu), and one state write per user per batch. Faust's table/changelog machinery
+writes per key and per event and recovers via ListOffsets; its per-event stream
+pipeline alone costs more than the 20 k events/s budget here. The agents keep
+Faust's model (consumer group partitions, a changelogged RocksDB table per
+partition, global tables as replicas of compacted topics).
+
+Commit order of one batch (MeKB agent), per assigned partition p:
+  1. outputs for p (dead letters, training examples, mekb-updates, forwarded
+     inline items) sent and acknowledged;
+  2. changelog records for p (one per changed user / df_p entry / parked event,
+     plus the partition meta) sent and acknowledged -> the batch is durable;
+  3. local RocksDB: the same changes plus the changelog position, one WriteBatch;
+  4. df partials of p sent and acknowledged (absolute values: re-published in full
+     after every restore, so a crash between 2 and 4 loses nothing);
+  5. input offsets committed.
+Delivery guarantee on Tansu (at-least-once + idempotent state): a crash anywhere
+replays from the last committed offset; events already in the state are dropped
+by the per-user event_id window, so users' counts, df(e) and N are exactly-once in
+effect. Outputs are at-least-once: a crash between 1 and 2 re-emits them (same
+example_id / same user version). With MEKB_EXACTLY_ONCE on Apache Kafka, 1, 2, 4
+and 5 run in one producer transaction (RocksDB is written after it commits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from linker.base import Linker
+from mekb.kafka_config import aiokafka_config, profile
+from mekb.settings import Settings
+from streams.catalog import ItemCatalog, LinkedItem
+from streams.codec import dumps
+from streams.config import StreamConfig
+from streams.dftable import DfTable
+from streams.items import link_items, prepare
+from streams.kafka_io import (
+    FETCH,
+    Replica,
+    producer_kwargs,
+    read_until,
+    send_records,
+    write_marker,
+)
+from streams.metrics import StreamMetrics
+from streams.partition import LOCAL, FlushPlan, InRecord, MeKBPartition, store_prefix
+from streams.state.base import StateStore
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_TOPICS = ("dead-letters", "training-examples", "mekb-updates")
+
+
+@dataclass
+class Health:
+    ready: bool = False
+    partitions: list[int] = field(default_factory=list)
+    batches: int = 0
+    last_batch_at: float = 0.0
+    error: str | None = None
+
+
+class StreamWorker:
+    def __init__(
+        self, settings: Settings, store: StateStore, linker: Linker,
+        metrics: StreamMetrics, *, config: StreamConfig | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.linker = linker
+        self.metrics = metrics
+        self.config = config or StreamConfig.from_settings(settings)
+        self.catalog = ItemCatalog()
+        self.dftable = DfTable()
+        self.partitions: dict[int, MeKBPartition] = {}
+        self.health = Health()
+        self._lock = asyncio.Lock()
+        self._producer: Any = None
+        self._restorer: Any = None
+        self._n_partitions = settings.partitions
+        self.t = settings.topic
+
+    # --- lifecycle ---------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+        if self.settings.exactly_once and not profile(self.settings).supports_transactions:
+            raise ValueError("MEKB_EXACTLY_ONCE needs Apache Kafka transactions (not Tansu)")
+        extra = {}
+        if self.settings.exactly_once:
+            extra = {"transactional_id": f"{self.t('mekb-streams')}-{self.settings.worker_id}"}
+        self._producer = AIOKafkaProducer(**producer_kwargs(self.settings), **extra)
+        await self._producer.start()
+        isolation = "read_committed" if self.settings.exactly_once else "read_uncommitted"
+        self._restorer = AIOKafkaConsumer(
+            **aiokafka_config(self.settings), group_id=None, enable_auto_commit=False,
+            isolation_level=isolation, **FETCH,
+        )
+        await self._restorer.start()
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            await self._check_partitions()
+            items_replica = Replica(self.settings, self.t("item-entities"), self._apply_items)
+            df_replica = Replica(self.settings, self.t("df-partials"), self._apply_df)
+            tasks = [
+                asyncio.create_task(items_replica.run(self._producer, stop), name="item-table"),
+                asyncio.create_task(df_replica.run(self._producer, stop), name="df-table"),
+                asyncio.create_task(self._item_agent(stop), name="item-agent"),
+            ]
+            ready = asyncio.gather(items_replica.ready.wait(), df_replica.ready.wait())
+            await self._until(ready, stop, tasks)
+            if not stop.is_set():
+                tasks.append(asyncio.create_task(self._mekb_agent(stop), name="mekb-agent"))
+                done, _ = await asyncio.wait(
+                    [*tasks, asyncio.create_task(stop.wait())],
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for task in done:
+                    exc = task.exception() if task in tasks else None
+                    if exc is not None:
+                        raise exc
+        finally:
+            stop.set()
+            for task in tasks:
+                try:
+                    await asyncio.wait_for(task, 15)
+                except Exception as exc:  # noqa: BLE001 - shutting down; log and go on
+                    logger.warning("%s ended with %r", task.get_name(), exc)
+            await self._restorer.stop()
+            await self._producer.stop()
+
+    async def _until(self, aw: Any, stop: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
+        waiter = asyncio.ensure_future(aw)
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([waiter, stopper, *tasks],
+                                     return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        for task in done:
+            exc = task.exception() if task in tasks else None
+            if exc is not None:
+                raise exc
+
+    async def _check_partitions(self) -> None:
+        """Outputs go to the input's partition number: topics must be co-partitioned."""
+        counts = {}
+        for name in ("interactions", "mekb-changelog", *OUTPUT_TOPICS):
+            parts = await self._producer.partitions_for(self.t(name))
+            counts[name] = len(parts or ())
+        if len(set(counts.values())) != 1 or not counts["interactions"]:
+            raise ValueError(f"topics must exist with equal partition counts: {counts} "
+                             "(run `mekb topics create`)")
+        self._n_partitions = counts["interactions"]
+
+    # --- replicas ----------------------------------------------------------
+    def _apply_items(self, records: list[Any]) -> None:
+        self.catalog.put_many([LinkedItem.decode(r.value) for r in records if r.value])
+        self.metrics.items.set(len(self.catalog))
+
+    def _apply_df(self, records: list[Any]) -> None:
+        for r in records:
+            self.dftable.apply(r.key, r.value)
+        self.metrics.df_entities.set(len(self.dftable.df))
+        self.metrics.users.set(self.dftable.n_users)
+
+    # --- item agent --------------------------------------------------------
+    async def _item_agent(self, stop: asyncio.Event) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        prof = profile(self.settings)
+        consumer = AIOKafkaConsumer(
+            self.t("items"), **aiokafka_config(self.settings),
+            group_id=self.t("mekb-items"), enable_auto_commit=False,
+            auto_offset_reset="earliest", session_timeout_ms=prof.session_timeout_ms,
+            heartbeat_interval_ms=prof.heartbeat_interval_ms, **FETCH,
+        )
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                got = await consumer.getmany(timeout_ms=200, max_records=2000)
+                if not got:
+                    continue
+                started = time.perf_counter()
+                offsets = {}
+                futures = []
+                for tp, recs in got.items():
+                    batch = prepare([InRecord(r.offset, r.key, r.value, "items") for r in recs],
+                                    tp.partition, self.catalog)
+                    # Linking is CPU work in the linker (spaCy/trie): off the event loop.
+                    linked = await asyncio.to_thread(link_items, self.linker, batch.to_link)
+                    futures += await send_records(
+                        self._producer, self.t("item-entities"), tp.partition,
+                        [(li.item_id.encode(), li.encode()) for li in linked])
+                    futures += await send_records(
+                        self._producer, self.t("dead-letters"), tp.partition,
+                        [(o.key, o.value) for o in batch.dead_letters])
+                    batch.outcomes["linked"] += len(linked)
+                    for outcome, n in batch.outcomes.items():
+                        self.metrics.events.labels("items", outcome).inc(n)
+                    for reason, n in batch.reasons.items():
+                        self.metrics.dead_letters.labels("items", reason).inc(n)
+                    if batch.next_offset is not None:
+                        offsets[tp] = batch.next_offset
+                await asyncio.gather(*futures)
+                # Commit after the linked entities are durable (at-least-once; re-linking
+                # an item is idempotent: the compacted table keeps the latest).
+                await _commit(consumer, offsets)
+                self.metrics.batch_seconds.labels("items").observe(time.perf_counter() - started)
+        finally:
+            await consumer.stop()
+
+    # --- MeKB agent --------------------------------------------------------
+    async def _mekb_agent(self, stop: asyncio.Event) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        prof = profile(self.settings)
+        consumer = AIOKafkaConsumer(
+            **aiokafka_config(self.settings), group_id=self.t("mekb-streams"),
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            session_timeout_ms=prof.session_timeout_ms,
+            heartbeat_interval_ms=prof.heartbeat_interval_ms,
+            max_poll_records=self.settings.worker_batch_max,
+            isolation_level="read_committed" if self.settings.exactly_once else
+            "read_uncommitted", **FETCH,
+        )
+        await consumer.start()
+        consumer.subscribe([self.t("interactions")], listener=_listener(self))
+        topic = self.t("interactions")
+        self.health.ready = True
+        try:
+            while not stop.is_set():
+                got = await consumer.getmany(timeout_ms=200,
+                                             max_records=self.settings.worker_batch_max)
+                started = time.perf_counter()
+                fresh = self.catalog.take_fresh()
+                async with self._lock:
+                    plans = []
+                    now = time.time()
+                    for p, part in self.partitions.items():
+                        recs = got.get(TopicPartition(topic, p), [])
+                        plans.append(part.process(
+                            [InRecord(r.offset, r.key, r.value) for r in recs], fresh, now))
+                    offsets = {TopicPartition(topic, pl.partition): pl.next_offset
+                               for pl in plans if pl.next_offset is not None}
+                    if self.settings.exactly_once:
+                        await self._durable_transaction(plans, offsets)
+                    else:
+                        await self._durable(plans)
+                if not self.settings.exactly_once:
+                    await _commit(consumer, offsets)
+                self._observe(plans, consumer, topic, started)
+        finally:
+            self.health.ready = False
+            await consumer.stop()
+
+    async def _send_outputs(self, plans: list[FlushPlan]) -> list[asyncio.Future[Any]]:
+        futures: list[asyncio.Future[Any]] = []
+        for plan in plans:
+            by_topic: dict[str, list[tuple[bytes | None, bytes | None]]] = {}
+            for out in plan.outputs:
+                if out.topic == "items":  # forwarded inline item: partitioned by item key
+                    futures.append(await self._producer.send(self.t("items"), out.value,
+                                                             key=out.key))
+                else:
+                    by_topic.setdefault(out.topic, []).append((out.key, out.value))
+            for name, records in by_topic.items():
+                futures += await send_records(self._producer, self.t(name), plan.partition,
+                                              records)
+        return futures
+
+    async def _send_changelog(self, plans: list[FlushPlan]) -> dict[int, list[Any]]:
+        futures = {}
+        for plan in plans:
+            if plan.changes:
+                futures[plan.partition] = await send_records(
+                    self._producer, self.t("mekb-changelog"), plan.partition,
+                    list(plan.changes.items()))
+        return futures
+
+    def _write_local(self, plan: FlushPlan, changelog_next: int) -> None:
+        part = self.partitions[plan.partition]
+        prefix = store_prefix(plan.partition)
+        changes: dict[bytes, bytes | None] = {prefix + k: v for k, v in plan.changes.items()}
+        changes[prefix + LOCAL] = dumps({"changelog_next": changelog_next})
+        self.store.write(changes)
+        part.changelog_next = changelog_next
+
+    async def _durable(self, plans: list[FlushPlan]) -> None:
+        # 1. outputs
+        await asyncio.gather(*await self._send_outputs(plans))
+        # 2. changelog (the batch is durable once these are acknowledged)
+        sent = await self._send_changelog(plans)
+        for p, futures in sent.items():
+            metas = await asyncio.gather(*futures)
+            plan = next(pl for pl in plans if pl.partition == p)
+            # 3. local RocksDB, with the changelog position it reflects
+            self._write_local(plan, _changelog_next(metas))
+        # 4. df partials
+        futures = []
+        for plan in plans:
+            if plan.df_partials:
+                futures += await send_records(self._producer, self.t("df-partials"),
+                                              plan.partition, plan.df_partials)
+        await asyncio.gather(*futures)
+
+    async def _durable_transaction(self, plans: list[FlushPlan], offsets: dict[Any, int]) -> None:
+        """Exactly-once (Apache Kafka): outputs, changelog, df partials and the input
+        offsets commit atomically; RocksDB is written after the transaction commits
+        (a crash before that is caught up from the committed changelog)."""
+        async with self._producer.transaction():
+            await self._send_outputs(plans)
+            sent = await self._send_changelog(plans)
+            for plan in plans:
+                if plan.df_partials:
+                    await send_records(self._producer, self.t("df-partials"), plan.partition,
+                                       plan.df_partials)
+            if offsets:
+                await self._producer.send_offsets_to_transaction(
+                    offsets, self.t("mekb-streams"))
+        for p, futures in sent.items():
+            metas = [f.result() for f in futures]
+            plan = next(pl for pl in plans if pl.partition == p)
+            self._write_local(plan, _changelog_next(metas))
+
+    def _observe(self, plans: list[FlushPlan], consumer: Any, topic: str,
+                 started: float) -> None:
+        from aiokafka import TopicPartition
+
+        now = time.time()
+        m = self.metrics
+        parked = 0
+        for plan in plans:
+            for outcome, n in plan.outcomes.items():
+                m.events.labels("mekb", outcome).inc(n)
+            for reason, n in plan.dead_letters.items():
+                m.dead_letters.labels("mekb", reason).inc(n)
+            for ts in plan.event_times:
+                m.latency.observe(max(0.0, now - ts))
+            for size in plan.mekb_sizes:
+                m.mekb_size.observe(size)
+            part = self.partitions.get(plan.partition)
+            if part is not None:
+                parked += part.parked_count
+            if plan.next_offset is not None:
+                tp = TopicPartition(topic, plan.partition)
+                high = consumer.highwater(tp)
+                if high is not None:
+                    m.lag.labels("mekb", str(plan.partition)).set(
+                        max(0, high - plan.next_offset))
+        m.parked.set(parked)
+        if any(not pl.empty or pl.next_offset is not None for pl in plans):
+            m.batch_seconds.labels("mekb").observe(time.perf_counter() - started)
+            self.health.batches += 1
+            self.health.last_batch_at = now
+
+    # --- rebalancing -------------------------------------------------------
+    async def assign(self, partitions: list[int]) -> None:
+        async with self._lock:
+            for p in partitions:
+                if p not in self.partitions:
+                    await self._restore(p)
+            self._sync_health()
+
+    async def revoke(self, partitions: list[int]) -> None:
+        # Offsets are committed after every batch, and the lock waits for a batch in
+        # flight: nothing is pending when a partition leaves.
+        async with self._lock:
+            for p in partitions:
+                self.partitions.pop(p, None)
+            self._sync_health()
+
+    def _sync_health(self) -> None:
+        self.health.partitions = sorted(self.partitions)
+        self.metrics.partitions.labels("mekb").set(len(self.partitions))
+
+    async def _restore(self, p: int) -> None:
+        """Catch the local state of partition p up with the changelog: from the local
+        position (0 if RocksDB was lost) to a marker appended now."""
+        started = time.perf_counter()
+        part = MeKBPartition(p, self.store, self.config, self.catalog, self.dftable,
+                             self._n_partitions)
+        part.load()
+        topic = self.t("mekb-changelog")
+        end = await write_marker(self._producer, topic, p)
+        prefix = store_prefix(p)
+
+        def apply(records: list[Any]) -> None:
+            self.store.write({prefix + r.key: r.value for r in records})
+
+        n = 0
+        if part.changelog_next < end:
+            n = await read_until(self._restorer, topic, p, part.changelog_next, end, apply)
+        self.store.write({prefix + LOCAL: dumps({"changelog_next": end + 1})})
+        part.load()
+        self.partitions[p] = part
+        # Re-publish every df partial of p: whatever a crash kept from being published.
+        await asyncio.gather(*await send_records(
+            self._producer, self.t("df-partials"), p, part.df_snapshot()))
+        elapsed = time.perf_counter() - started
+        self.metrics.restore_seconds.observe(elapsed)
+        logger.info("partition %d ready: %d changelog records applied in %.2fs "
+                    "(users' df entries %d, n_p %d, parked %d)", p, n, elapsed,
+                    len(part.df_p), part.n_p, part.parked_count)
+
+
+def _changelog_next(metas: list[Any]) -> int:
+    """Where a restore must resume reading the changelog after this flush. The produce
+    response names each record batch's base offset only, so this is the last batch's
+    base + 1: a restore may re-read the rest of that batch, which is harmless (the
+    records hold absolute values that the local state already has)."""
+    return int(metas[-1].offset) + 1
+
+
+async def _commit(consumer: Any, offsets: dict[Any, int]) -> None:
+    if not offsets:
+        return
+    from aiokafka.errors import CommitFailedError, IllegalStateError
+
+    try:
+        await consumer.commit(offsets)
+    except (CommitFailedError, IllegalStateError) as exc:
+        # A rebalance took the partition: its state is durable, the next owner replays
+        # from the older offset and the dedupe window drops what is already applied.
+        logger.info("offset commit skipped (%s)", exc)
+
+
+def _listener(worker: StreamWorker) -> Any:
+    """An aiokafka ConsumerRebalanceListener that hands partitions to the worker."""
+    from aiokafka import ConsumerRebalanceListener
+
+    class Listener(ConsumerRebalanceListener):
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            await worker.revoke([tp.partition for tp in revoked])
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            await worker.assign([tp.partition for tp in assigned])
+
+    return Listener()
+
+
+def health_json(worker: StreamWorker) -> tuple[int, bytes]:
+    h = worker.health
+    body = dumps({"status": "ok" if h.ready else "starting", "partitions": h.partitions,
+                  "batches": h.batches, "items": len(worker.catalog),
+                  "users": worker.dftable.n_users})
+    return (200 if h.ready else 503), body
+
+
+HealthFn = Callable[[], tuple[int, bytes]]

@@ -1,0 +1,185 @@
+"""The MeKB agent's batch core, in-process: dedupe, parking, eviction, df, examples."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from streams.catalog import ItemCatalog, LinkedItem
+from streams.codec import UserState
+from streams.config import StreamConfig
+from streams.dftable import DfTable
+from streams.partition import FlushPlan, InRecord, MeKBPartition, store_prefix
+from streams.state.memory import MemoryStore
+
+
+def item(item_id: str, *entities: tuple[str, float], domain: str = "action") -> LinkedItem:
+    return LinkedItem(item_id, domain, tuple((e, e.split(":")[1], w) for e, w in entities), "d")
+
+
+def ev(event_id: str, user: str, item_id: str, *, domain: str = "action", key: str | None = None,
+       **extra: object) -> InRecord:
+    body = {"event_id": event_id, "user_id": user, "item_id": item_id, "domain": domain,
+            "action": "click", "ts": 100.0, **extra}
+    return InRecord(0, (key or user).encode(), json.dumps(body).encode())
+
+
+def numbered(records: list[InRecord]) -> list[InRecord]:
+    return [InRecord(i, r.key, r.value) for i, r in enumerate(records)]
+
+
+class Harness:
+    """One partition over a memory store; applies plans like the worker does."""
+
+    def __init__(self, config: StreamConfig | None = None) -> None:
+        self.store = MemoryStore()
+        self.catalog = ItemCatalog()
+        self.df = DfTable()
+        self.config = config or StreamConfig(target_domains=frozenset({"action"}))
+        self.part = self.new_partition()
+
+    def new_partition(self) -> MeKBPartition:
+        part = MeKBPartition(0, self.store, self.config, self.catalog, self.df)
+        part.load()
+        return part
+
+    def run(self, records: list[InRecord], now: float = 1000.0) -> FlushPlan:
+        plan = self.part.process(numbered(records), self.catalog.take_fresh(), now)
+        self.store.write({store_prefix(0) + k: v for k, v in plan.changes.items()})
+        for key, value in plan.df_partials:
+            self.df.apply(key, value)
+        return plan
+
+    def counts(self, user: str) -> dict[str, float]:
+        raw = self.store.get(store_prefix(0) + b"u\x00" + user.encode())
+        return UserState.decode(raw).counts if raw else {}
+
+    def outputs(self, plan: FlushPlan, topic: str) -> list[dict[str, object]]:
+        return [json.loads(o.value) for o in plan.outputs if o.topic == topic]
+
+
+@pytest.fixture
+def h() -> Harness:
+    harness = Harness()
+    harness.catalog.put(item("i1", ("kb:Nolan", 1.0), ("category:SciFi", 0.3)))
+    harness.catalog.put(item("i2", ("kb:Nolan", 1.0), ("brand:WB", 0.5)))
+    harness.catalog.take_fresh()
+    return harness
+
+
+def test_counts_are_weighted_sums_and_duplicates_change_nothing(h: Harness) -> None:
+    plan = h.run([ev("e1", "u", "i1"), ev("e2", "u", "i2", weight=2.0), ev("e1", "u", "i1")])
+    assert h.counts("u") == {"kb:Nolan": 3.0, "category:SciFi": 0.3, "brand:WB": 1.0}
+    assert plan.outcomes["applied"] == 2 and plan.outcomes["duplicate"] == 1
+    again = h.run([ev("e2", "u", "i2", weight=2.0)])  # redelivered in a later batch
+    assert again.outcomes["duplicate"] == 1
+    assert h.counts("u")["kb:Nolan"] == 3.0
+    updates = h.outputs(plan, "mekb-updates")
+    assert len(updates) == 1 and updates[0]["version"] == 2  # one update per user per batch
+    assert [e["id"] for e in updates[0]["entities"]][0] == "kb:Nolan"
+
+
+def test_negative_and_malformed_events(h: Harness) -> None:
+    plan = h.run([
+        ev("e1", "u", "i1", rating=2.0),               # below the positive threshold
+        InRecord(0, b"u", b"{not json"),
+        ev("e2", "u", "i1", key="someone-else"),        # key must be the user id
+        InRecord(0, b"u", b"x" * (70 * 1024)),
+    ])
+    assert plan.outcomes["ignored"] == 1
+    assert plan.dead_letters == Counter({"bad_json": 1, "key_mismatch": 1, "oversized": 1})
+    letters = h.outputs(plan, "dead-letters")
+    assert {d["reason"] for d in letters} == {"bad_json", "key_mismatch", "oversized"}
+    import base64
+    assert base64.b64decode(letters[0]["original"]) == b"{not json"
+    assert h.counts("u") == {}
+
+
+def test_unknown_item_is_parked_then_applied_without_example(h: Harness) -> None:
+    plan = h.run([ev("e1", "u", "i9", item={"title": "Heat"}), ev("e1", "u", "i9")])
+    assert plan.outcomes == Counter({"parked": 1, "duplicate": 1})
+    assert [o.topic for o in plan.outputs] == ["items"]  # inline item forwarded once
+    assert h.part.parked_count == 1
+    # A restart before the item arrives keeps the parked event (it is state).
+    h.part = h.new_partition()
+    assert h.part.parked_count == 1
+    h.catalog.put(item("i9", ("kb:Heat", 1.0)))
+    plan = h.run([])
+    assert plan.outcomes["unparked"] == 1 and h.part.parked_count == 0
+    assert h.counts("u") == {"kb:Heat": 1.0}
+    assert h.outputs(plan, "training-examples") == []  # applied late: no point-in-time example
+
+
+def test_parked_event_expires_to_dead_letter(h: Harness) -> None:
+    h.run([ev("e1", "u", "i9")], now=1000.0)
+    plan = h.run([], now=1000.0 + h.config.park_ttl_s + 1)
+    assert plan.dead_letters == Counter({"item_unknown": 1})
+    assert h.part.parked_count == 0
+
+
+def test_park_is_bounded() -> None:
+    h = Harness(StreamConfig(park_max=1))
+    plan = h.run([ev("e1", "u", "i8"), ev("e2", "u", "i9")])
+    assert plan.outcomes["parked"] == 1 and plan.dead_letters == Counter({"park_full": 1})
+
+
+def test_training_example_is_the_mekb_before_the_event(h: Harness) -> None:
+    h.catalog.put(item("d1", ("kb:Drama", 1.0), domain="drama"))
+    plan = h.run([ev("e0", "u", "d1", domain="drama"), ev("e1", "u", "i1"),
+                  ev("e2", "u", "i2")])
+    examples = h.outputs(plan, "training-examples")
+    assert [x["example_id"] for x in examples] == ["e1", "e2"]  # target domain only
+    assert {e["id"]: e["k"] for e in examples[0]["entities"]} == {"kb:Drama": 1.0}
+    assert {e["id"]: e["k"] for e in examples[1]["entities"]} == {
+        "kb:Drama": 1.0, "kb:Nolan": 1.0, "category:SciFi": 0.3}
+    assert examples[1]["mekb_version"] == 2
+    assert abs(sum(e["score"] for e in examples[1]["entities"]) - 1.0) < 1e-9
+
+
+def test_df_and_n_are_exact_with_eviction() -> None:
+    h = Harness(StreamConfig(max_entities=2))
+    h.catalog.put(item("a", ("kb:A", 1.0), ("kb:B", 0.5)))
+    h.catalog.put(item("c", ("kb:C", 1.0)))
+    h.catalog.put(item("x", ("kb:A", 1.0)))
+    h.run([ev("1", "u", "a"), ev("2", "v", "x")])
+    assert h.df.df == {"kb:A": 2, "kb:B": 1} and h.df.n_users == 2
+    h.run([ev("3", "u", "c"), ev("4", "u", "c")])  # C (k=2) evicts B (k=0.5)
+    assert h.counts("u") == {"kb:A": 1.0, "kb:C": 2.0}
+    assert h.df.df == {"kb:A": 2, "kb:C": 1} and h.df.n_users == 2
+    # The partials are exact after a reload from the store, and re-published idempotently.
+    h.part = h.new_partition()
+    for key, value in h.part.df_snapshot():
+        h.df.apply(key, value)
+    assert h.df.df == {"kb:A": 2, "kb:C": 1} and h.df.n_users == 2
+
+
+def test_dedupe_window_survives_reload_and_is_bounded() -> None:
+    h = Harness(StreamConfig(dedupe_window=2))
+    h.catalog.put(item("i", ("kb:A", 1.0)))
+    h.run([ev("e1", "u", "i"), ev("e2", "u", "i")])
+    h.part = h.new_partition()
+    assert h.run([ev("e2", "u", "i")]).outcomes["duplicate"] == 1
+    h.run([ev("e3", "u", "i")])  # e1 falls out of a window of 2
+    assert h.run([ev("e1", "u", "i")]).outcomes["applied"] == 1
+
+
+def test_dftable_ignores_stale_partials() -> None:
+    table = DfTable()
+    table.apply_partial(0, "kb:A", 5, 3)
+    table.apply_partial(1, "kb:A", 1, 2)
+    table.apply_partial(0, "kb:A", 4, 9)  # older sequence number: ignored
+    table.apply_partial(0, "kb:A", 5, 3)  # re-published: no change
+    assert table.df == {"kb:A": 5}
+    table.apply_partial(0, "kb:A", 6, 0)
+    table.apply_partial(0, "kb:A", 5, 3)
+    assert table.df == {"kb:A": 2}
+
+
+def test_user_state_roundtrip() -> None:
+    state = UserState(3, 12.5, {"kb:A": 1.5}, [1, 2**64 - 1], ["i1"])
+    back = UserState.decode(state.encode())
+    assert (back.version, back.ts, back.counts, back.recent, back.seen) == (
+        3, 12.5, {"kb:A": 1.5}, [1, 2**64 - 1], ["i1"])
+    assert back.seen_event(2**64 - 1) and not back.seen_event(5)
