@@ -200,6 +200,82 @@ class Settings(BaseSettings):
         description="Port on 127.0.0.1 of the stream worker's /metrics and /health.",
     )
 
+    # --- serving ---
+    registry_dir: Path | None = Field(
+        default=None,
+        description="Model registry directory (versions/, ACTIVE). Unset = "
+        "$MEKB_DATA_DIR/registry.",
+    )
+    registry_keep_last: int = Field(
+        default=10, ge=1, le=10_000,
+        description="Retention: `mekb models prune` keeps this many newest versions (plus the "
+        "active one, its parent and the rollback target).",
+    )
+    serving_host: str = Field(
+        default="127.0.0.1", description="Address `mekb serve` binds (loopback by default)."
+    )
+    serving_port: int = Field(
+        default=8470, ge=0, le=65535, description="Port of `mekb serve` (HTTP API, /metrics)."
+    )
+    serving_api_keys: SecretStr | None = Field(
+        default=None,
+        description="Comma-separated API keys accepted in the X-API-Key header. Unset = no "
+        "auth (refused unless bound to loopback).",
+    )
+    serving_admin_key: SecretStr | None = Field(
+        default=None,
+        description="API key of the admin endpoints (model activation). Unset = admin "
+        "endpoints disabled.",
+    )
+    serving_device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="ONNX Runtime device: `auto` uses the CUDA provider only when it is "
+        "installed and a GPU is usable, else CPU.",
+    )
+    serving_intra_op_threads: int = Field(
+        default=0, ge=0, le=256,
+        description="ONNX Runtime intra-op threads (0 = one per physical core).",
+    )
+    serving_batch_max: int = Field(
+        default=32, ge=1, le=4096,
+        description="Most sequences per ONNX Runtime run of the dynamic batcher.",
+    )
+    serving_batch_wait_ms: float = Field(
+        default=0.0, ge=0.0, le=1000.0,
+        description="Extra wait to fill a batch (0 = greedy: whatever queued while the "
+        "previous run was busy; raise it a little on GPUs).",
+    )
+    serving_refresh_batch: int = Field(
+        default=8, ge=1, le=4096,
+        description="Users per background refresh batch (bounds how long a cache miss can "
+        "wait behind it; larger on GPUs).",
+    )
+    serving_refresh_max_lag_s: float = Field(
+        default=2.0, gt=0.0,
+        description="Updated users still unrefreshed after this long are left to on-demand "
+        "computation (the refresher only spends capacity where it keeps freshness).",
+    )
+    serving_cache_users: int = Field(
+        default=100_000, ge=0, le=100_000_000,
+        description="Users whose embedding the serving cache holds (LRU).",
+    )
+    serving_max_batch_ids: int = Field(
+        default=256, ge=1, le=100_000,
+        description="Most user ids in one POST /v1/users/embeddings request.",
+    )
+    serving_max_k: int = Field(
+        default=1000, ge=1, le=100_000, description="Largest k of /recommendations."
+    )
+    serving_replica_dir: Path | None = Field(
+        default=None,
+        description="RocksDB replica of mekb-updates. Unset = $MEKB_DATA_DIR/serving/replica.",
+    )
+    serving_registry_poll_s: float = Field(
+        default=10.0, gt=0.0,
+        description="How often serving re-reads the registry's ACTIVE pointer (besides "
+        "model-updates events).",
+    )
+
     @property
     def embedded(self) -> bool:
         """True when no external broker is configured (the embedded Tansu default)."""

@@ -8,7 +8,8 @@ import typer
 from typer.exceptions import TyperException
 
 from mekb import __version__
-from mekb.cli import broker, config, link, linker, monitor, produce, sample, topics, up
+from mekb.cli import broker, config, link, linker, monitor, produce, sample, topics, up, worker
+from mekb.cli import models as models_cli
 from mekb.cli.common import CliError
 
 app = typer.Typer(
@@ -32,6 +33,8 @@ app.command()(config.config)
 app.command()(monitor.monitor)
 app.command()(link.link)
 app.add_typer(linker.app, name="linker")
+app.command()(worker.worker)
+app.add_typer(models_cli.app, name="models")
 
 
 @app.callback()
