@@ -66,9 +66,15 @@ class Settings(BaseSettings):
     )
 
     # --- monitoring ---
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address the /metrics and /health endpoints of the worker, trainer and "
+        "monitor bind. Loopback by default; containers set 0.0.0.0 so Prometheus can scrape "
+        "them over the compose network.",
+    )
     monitor_port: int = Field(
         default=9466, ge=0, le=65535,
-        description="Port on 127.0.0.1 of the drift monitor's /metrics (`mekb monitor`).",
+        description="Port of the drift monitor's /metrics (`mekb monitor`), on MEKB_METRICS_HOST.",
     )
     drift_window_s: float = Field(
         default=3600.0, gt=0,

@@ -12,7 +12,8 @@ from mekb.cli.common import settings_with
 
 def monitor(
     port: int = typer.Option(
-        None, "--port", min=0, max=65535, help="/metrics port on 127.0.0.1 (MEKB_MONITOR_PORT)."
+        None, "--port", min=0, max=65535,
+        help="/metrics port on MEKB_METRICS_HOST (MEKB_MONITOR_PORT).",
     ),
     window: float = typer.Option(
         None, "--window", min=0.001, help="Entity drift window in seconds (MEKB_DRIFT_WINDOW_S)."
@@ -28,7 +29,7 @@ def monitor(
     settings = settings_with(monitor_port=port, drift_window_s=window)
     registry = CollectorRegistry()
     metrics = MonitorMetrics(registry)
-    start_http_server(settings.monitor_port, addr="127.0.0.1", registry=registry)
+    start_http_server(settings.monitor_port, addr=settings.metrics_host, registry=registry)
     probe = ProbeSet(settings.data_dir / "monitor" / "probe.json", settings.drift_probe_users)
     drift = DriftMonitor(metrics, settings.drift_window_s, probe)
 
@@ -39,5 +40,5 @@ def monitor(
             loop.add_signal_handler(sig, stop.set)
         await run_monitor(settings, drift, stop)
 
-    typer.echo(f"drift monitor: metrics on http://127.0.0.1:{settings.monitor_port}/metrics")
+    typer.echo(f"drift monitor: metrics on http://{settings.metrics_host}:{settings.monitor_port}/metrics")
     asyncio.run(main())
