@@ -23,6 +23,8 @@ def monitor(
     drift between consecutive model versions on a fixed probe set of users."""
     from prometheus_client import CollectorRegistry, start_http_server
 
+    from mekb.registry import Registry, registry_root
+    from monitoring.bundles import RegistryModels
     from monitoring.metrics import MonitorMetrics
     from monitoring.monitor import DriftMonitor, ProbeSet, run_monitor
 
@@ -31,7 +33,9 @@ def monitor(
     metrics = MonitorMetrics(registry)
     start_http_server(settings.monitor_port, addr=settings.metrics_host, registry=registry)
     probe = ProbeSet(settings.data_dir / "monitor" / "probe.json", settings.drift_probe_users)
-    drift = DriftMonitor(metrics, settings.drift_window_s, probe)
+    models = RegistryModels(Registry(registry_root(settings)))
+    drift = DriftMonitor(metrics, settings.drift_window_s, probe,
+                         encode=models.encode, items=models.items)
 
     async def main() -> None:
         stop = asyncio.Event()
