@@ -132,6 +132,11 @@ class DynamicBatcher:
                 out, run_s = await loop.run_in_executor(
                     self._executor, self.encode, batch[0].model, [i.text for i in batch]
                 )
+            except asyncio.CancelledError:  # shutting down mid-run: nobody is left hanging
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(RuntimeError("server shutting down"))
+                raise
             except Exception as exc:  # a failed run fails its requests, not the loop
                 logger.exception("encoder run failed for a batch of %d", len(batch))
                 for item in batch:

@@ -96,10 +96,11 @@ class OnnxEncoder:
         self.max_tokens = max_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir / "tokenizer"))
         requested = select_providers(device)
-        previous = ort.get_default_logger_severity()
         # Quiet while creating: a CUDA provider that cannot start logs errors, then we
-        # report the outcome once ourselves.
-        ort.set_default_logger_severity(4 if CUDA in requested else previous)
+        # report the outcome once ourselves. (onnxruntime has a setter but no getter for
+        # the default logger: afterwards it is left at "error", which drops only the
+        # graph-optimiser warnings that are noise in a server log.)
+        ort.set_default_logger_severity(4 if CUDA in requested else 3)
         try:
             self.session = ort.InferenceSession(
                 str(model_dir / "user_tower.onnx"),
@@ -107,13 +108,14 @@ class OnnxEncoder:
                 providers=requested,
             )
         finally:
-            ort.set_default_logger_severity(previous)
+            ort.set_default_logger_severity(3)
         self.providers = list(self.session.get_providers())
         if CUDA in requested and CUDA not in self.providers:
             logger.warning("CUDA provider could not start (libraries missing?); using CPU")
         self.provider = self.providers[0]
         self.output_name = self.session.get_outputs()[0].name
-        self.dim = int(self.session.get_outputs()[0].shape[-1])
+        last = self.session.get_outputs()[0].shape[-1]
+        self.dim = int(last) if isinstance(last, int) else 0  # 0: symbolic in the graph
 
     def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         enc = self.tokenizer(

@@ -53,6 +53,12 @@ class ServingMetrics:
             "returns an embedding reflecting it (precomputed or computed on demand).",
             buckets=LAG_BUCKETS, registry=registry,
         )
+        self.apply_lag = Histogram(
+            "mekb_serving_replica_apply_lag_seconds",
+            "Wall time of the MeKB state update (`updated_at`) -> applied to this replica "
+            "(the pipeline part of the freshness lag, independent of event-time skew).",
+            buckets=LAG_BUCKETS, registry=registry,
+        )
         self.precompute_lag = Histogram(
             "mekb_serving_precompute_lag_seconds",
             "Event time of an update -> its embedding precomputed by the refresher.",
@@ -101,4 +107,9 @@ class ServingMetrics:
         self.model_load_seconds = Histogram(
             "mekb_serving_model_load_seconds", "Verify + load + warm-up time of a version.",
             buckets=LAG_BUCKETS, registry=registry,
+        )
+        self.ready = Gauge(
+            "mekb_serving_ready",
+            "1 when a model version is loaded and the replica has caught up (/readyz).",
+            registry=registry,
         )

@@ -10,6 +10,7 @@ from typer.exceptions import TyperException
 from mekb import __version__
 from mekb.cli import broker, config, link, linker, monitor, produce, sample, topics, up, worker
 from mekb.cli import models as models_cli
+from mekb.cli import serve as serve_cli
 from mekb.cli.common import CliError
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ app.command()(link.link)
 app.add_typer(linker.app, name="linker")
 app.command()(worker.worker)
 app.add_typer(models_cli.app, name="models")
+app.command()(serve_cli.serve)
 
 
 @app.callback()

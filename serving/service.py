@@ -1,0 +1,281 @@
+"""The embedding service: replica + cache + batcher + refresher around the active model.
+
+Freshness rule: a user's embedding is served from the cache only when it was
+computed for the user's latest applied MeKB version (the replica's) by the active
+user tower; otherwise it is computed on demand (dynamic batching with the other
+misses). `allow_stale=True` lets a caller take an older cached embedding instead,
+and the response says `stale: true`. So from the moment an update is applied to
+the replica, every request reflects it: that is the freshness lag measured
+(event time `ts` -> applied). The refresher additionally precomputes updated users
+in micro-batches within the device's capacity, so most requests are cache hits.
+
+Version consistency: a request reads `self.model` once and uses that object for the
+user embedding and the items; `activate()` replaces the reference in one assignment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serving.batcher import DynamicBatcher, Priority
+from serving.cache import CachedEmbedding, EmbeddingCache
+from serving.metrics import ServingMetrics
+from serving.model import LoadedModel
+from serving.replica import ApplyResult, Replica, UserRecord
+
+logger = logging.getLogger(__name__)
+
+# Users kept waiting for the refresher; beyond this the oldest are left to on-demand.
+MAX_PENDING = 200_000
+# After a swap to another user tower, this many recently used users are re-encoded first.
+REWARM_USERS = 1_000
+
+Key = tuple[str, int, str]  # (user, MeKB version, tower)
+
+
+@dataclass(frozen=True)
+class UserEmbedding:
+    user_id: str
+    embedding: np.ndarray
+    model_version: str
+    mekb_version: int
+    mekb_ts: float | None
+    computed_at: float
+    cold_start: bool
+    stale: bool
+    cached: bool
+
+
+def _encode(model: Any, texts: list[str]) -> tuple[np.ndarray, float]:
+    return model.encode(texts)  # type: ignore[no-any-return]
+
+
+class EmbeddingService:
+    def __init__(
+        self,
+        replica: Replica,
+        metrics: ServingMetrics,
+        *,
+        cache_users: int = 100_000,
+        batch_max: int = 32,
+        batch_wait_s: float = 0.0,
+        refresh_batch: int = 8,
+        refresh_max_lag_s: float = 2.0,
+    ) -> None:
+        self.replica = replica
+        self.metrics = metrics
+        self.model: LoadedModel | None = None
+        self.cache = EmbeddingCache(cache_users)
+        self.batcher = DynamicBatcher(
+            _encode, metrics, max_batch=batch_max, refresh_batch=refresh_batch,
+            wait_s=batch_wait_s,
+        )
+        self.refresh_batch = refresh_batch
+        self.refresh_max_lag_s = refresh_max_lag_s
+        self.replica_caught_up = False
+        self._inflight: dict[Key, tuple[asyncio.Task[np.ndarray], int]] = {}
+        self._pending: OrderedDict[str, float] = OrderedDict()  # user -> enqueued (monotonic)
+        self._pending_event: asyncio.Event | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._capacity = 0.0
+
+    # --- lifecycle -----------------------------------------------------------------
+    async def start(self) -> None:
+        self._pending_event = asyncio.Event()
+        self.batcher.start()
+        self._refresher = asyncio.get_running_loop().create_task(
+            self._refresh_loop(), name="refresher"
+        )
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+        await self.batcher.close()
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None and self.replica_caught_up
+
+    # --- model swap --------------------------------------------------------------------
+    def activate(self, model: LoadedModel) -> LoadedModel | None:
+        """Make a loaded, warmed model the active one (one reference assignment)."""
+        previous, self.model = self.model, model
+        self.metrics.model_info.clear()
+        self.metrics.model_info.labels(model.version, model.kind, model.provider).set(1)
+        self.metrics.model_swaps.inc()
+        if previous is None or previous.tower != model.tower:
+            # The cached embeddings belong to the old tower: re-encode the recent users.
+            recent = list(self.cache._entries)[-REWARM_USERS:]
+            self._enqueue(reversed(recent))
+        logger.info("active model %s (was %s)", model.version,
+                    previous.version if previous else None)
+        return previous
+
+    # --- replica updates -----------------------------------------------------------
+    def on_applied(self, result: ApplyResult) -> None:
+        """Called after a batch of mekb-updates is applied to the replica."""
+        now = time.time()
+        m = self.metrics
+        if result.older:
+            m.replica_records.labels("older").inc(result.older)
+        if result.bad:
+            m.replica_records.labels("bad").inc(result.bad)
+        if result.applied:
+            m.replica_records.labels("applied").inc(len(result.applied))
+        for rec in result.applied:
+            if rec.ts > 0:
+                m.freshness_lag.observe(max(0.0, now - rec.ts))
+            if rec.updated_at > 0:
+                m.apply_lag.observe(max(0.0, now - rec.updated_at))
+        self._enqueue(r.user_id for r in result.applied)
+
+    def _enqueue(self, users: Any) -> None:
+        now = time.monotonic()
+        for user in users:
+            if user in self._pending:
+                self.metrics.refresh.labels("coalesced").inc()
+                del self._pending[user]
+            self._pending[user] = now
+        while len(self._pending) > MAX_PENDING:
+            self._pending.popitem(last=False)
+            self.metrics.refresh.labels("deferred").inc()
+        self.metrics.refresh_pending.set(len(self._pending))
+        if self._pending and self._pending_event is not None:
+            self._pending_event.set()
+
+    # --- lookups -----------------------------------------------------------------------
+    def record(self, user_id: str) -> UserRecord | None:
+        return self.replica.get(user_id)
+
+    async def embed(
+        self, model: LoadedModel, user_ids: list[str], *, allow_stale: bool = False
+    ) -> list[UserEmbedding]:
+        """Embeddings of `user_ids` by `model` (the caller pinned it), in order."""
+        out: list[UserEmbedding | None] = [None] * len(user_ids)
+        wanted: dict[Key, tuple[UserRecord, list[int]]] = {}
+        lookups = self.metrics.cache_lookups
+        for n, user_id in enumerate(user_ids):
+            rec = self.replica.get(user_id)
+            if rec is None:
+                lookups.labels("cold").inc()
+                out[n] = UserEmbedding(user_id, model.cold_embedding, model.version, 0, None,
+                                       model.loaded_at, True, False, True)
+                continue
+            hit = self.cache.get(user_id, rec.version, model.tower)
+            if hit is None and allow_stale:
+                old = self.cache.get_any(user_id, model.tower)
+                if old is not None:
+                    lookups.labels("stale").inc()
+                    out[n] = UserEmbedding(user_id, old.embedding, model.version,
+                                           old.mekb_version, None, old.computed_at, False,
+                                           True, True)
+                    continue
+            if hit is not None:
+                lookups.labels("hit").inc()
+                out[n] = UserEmbedding(user_id, hit.embedding, model.version, rec.version,
+                                       rec.ts, hit.computed_at, False, False, True)
+                continue
+            lookups.labels("miss").inc()
+            key = (user_id, rec.version, model.tower)
+            wanted.setdefault(key, (rec, []))[1].append(n)
+        if wanted:
+            computed = await self._compute_shared(model, wanted, "request")
+            for key, (rec, positions) in wanted.items():
+                emb, at = computed[key]
+                for n in positions:
+                    out[n] = UserEmbedding(rec.user_id, emb, model.version, rec.version,
+                                           rec.ts, at, False, False, False)
+        self.metrics.cache_users.set(len(self.cache))
+        return [o for o in out if o is not None]
+
+    async def _compute_shared(
+        self, model: LoadedModel, wanted: dict[Key, tuple[UserRecord, list[int]]],
+        priority: Priority,
+    ) -> dict[Key, tuple[np.ndarray, float]]:
+        """Compute missing keys; a key already being computed is awaited, not recomputed."""
+        fresh = [(k, rec) for k, (rec, _) in wanted.items() if k not in self._inflight]
+        if fresh:
+            task = asyncio.get_running_loop().create_task(self._compute(model, fresh, priority))
+            for idx, (key, _) in enumerate(fresh):
+                self._inflight[key] = (task, idx)
+        tasks = {key: self._inflight[key] for key in wanted}
+        distinct = {id(t): t for t, _ in tasks.values()}
+        # shield: one client going away must not cancel work other requests wait for
+        await asyncio.gather(*(asyncio.shield(t) for t in distinct.values()))
+        now = time.time()
+        result = {}
+        for key, (task, idx) in tasks.items():
+            result[key] = (task.result()[idx], now)
+        return result
+
+    async def _compute(
+        self, model: LoadedModel, keyed: list[tuple[Key, UserRecord]], priority: Priority
+    ) -> np.ndarray:
+        try:
+            texts = [model.text_of(rec.titles()) for _, rec in keyed]
+            embs = await self.batcher.submit(model, texts, priority)
+            now = time.time()
+            for n, ((user_id, version, tower), _) in enumerate(keyed):
+                self.cache.put(user_id, CachedEmbedding(version, tower, embs[n], now))
+            return embs
+        finally:
+            for key, _ in keyed:
+                self._inflight.pop(key, None)
+
+    # --- background refresher ------------------------------------------------------------
+    async def _refresh_loop(self) -> None:
+        assert self._pending_event is not None
+        while True:
+            if not self._pending:
+                self._pending_event.clear()
+                await self._pending_event.wait()
+            model = self.model
+            if model is None:
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                await self._refresh_once(model)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the refresher must survive anything a batch throws
+                logger.exception("refresher batch failed")
+                await asyncio.sleep(0.1)
+
+    async def _refresh_once(self, model: LoadedModel) -> None:
+        m = self.metrics
+        now = time.monotonic()
+        batch: dict[Key, tuple[UserRecord, list[int]]] = {}
+        while self._pending and len(batch) < self.refresh_batch:
+            user_id, enqueued = self._pending.popitem(last=False)
+            if now - enqueued > self.refresh_max_lag_s:
+                m.refresh.labels("deferred").inc()  # on-demand keeps it fresh instead
+                continue
+            rec = self.replica.get(user_id)
+            if rec is None:
+                continue
+            if self.cache.get(user_id, rec.version, model.tower) is not None:
+                m.refresh.labels("skipped").inc()
+                continue
+            batch[(user_id, rec.version, model.tower)] = (rec, [])
+        m.refresh_pending.set(len(self._pending))
+        if not batch:
+            return
+        start = time.perf_counter()
+        await self._compute_shared(model, batch, "refresh")
+        elapsed = time.perf_counter() - start
+        done = time.time()
+        for rec, _ in batch.values():
+            if rec.ts > 0:
+                m.precompute_lag.observe(max(0.0, done - rec.ts))
+        m.refresh.labels("refreshed").inc(len(batch))
+        rate = len(batch) / max(elapsed, 1e-6)
+        self._capacity = rate if self._capacity == 0 else 0.8 * self._capacity + 0.2 * rate
+        m.refresh_capacity.set(self._capacity)

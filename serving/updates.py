@@ -1,0 +1,148 @@
+"""Kafka inputs of the server: `mekb-updates` into the replica, `model-updates` as a wake-up.
+
+mekb-updates: every partition is assigned manually (no consumer group: each serving
+replica needs every user) and read from the offsets stored in the replica itself,
+so a restart resumes exactly, and an empty replica rebuilds from the compacted
+topic. The replica counts as caught up once every partition's position reached the
+end offset seen at start. (On Tansu, ListOffsets LATEST can be short by the last
+multi-record batch, so "caught up" may be declared a few records early there; the
+records still arrive a moment later.)
+
+model-updates: read from the end (the registry's ACTIVE pointer is the state; an
+event only says "look now"), so no history is replayed on start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from mekb.kafka_config import aiokafka_config
+from mekb.settings import Settings
+from serving.replica import Incoming, Replica
+from serving.service import EmbeddingService
+
+logger = logging.getLogger(__name__)
+
+FETCH_MAX_RECORDS = 5_000
+
+
+async def _partitions(consumer: Any, topic: str, stop: asyncio.Event) -> list[int] | None:
+    """Partitions of `topic`, waiting (not creating it) until it exists."""
+    warned = False
+    while not stop.is_set():
+        parts = await consumer._client.fetch_all_metadata()  # fresh metadata, not a cache
+        found = parts.partitions_for_topic(topic)
+        if found:
+            return sorted(found)
+        if not warned:
+            logger.warning("topic %s does not exist yet; waiting (create it with "
+                           "`mekb topics create`)", topic)
+            warned = True
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+    return None
+
+
+async def follow_mekb_updates(
+    settings: Settings, replica: Replica, service: EmbeddingService, stop: asyncio.Event
+) -> None:
+    """Apply mekb-updates to the replica until `stop` is set."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    topic = settings.topic("mekb-updates")
+    consumer = AIOKafkaConsumer(
+        **aiokafka_config(settings), group_id=None, enable_auto_commit=False,
+        auto_offset_reset="earliest", client_id="mekb-serve-replica",
+        max_partition_fetch_bytes=4 << 20,
+    )
+    await consumer.start()
+    try:
+        parts = await _partitions(consumer, topic, stop)
+        if parts is None:
+            return
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        stored = replica.offsets()
+        for tp in tps:
+            if tp.partition in stored:
+                consumer.seek(tp, stored[tp.partition])
+            else:
+                await consumer.seek_to_beginning(tp)
+        target = await consumer.end_offsets(tps)
+        logger.info("replica: %d partitions of %s, resuming at %s, end %s", len(tps), topic,
+                    {tp.partition: stored.get(tp.partition, 0) for tp in tps},
+                    {tp.partition: off for tp, off in target.items()})
+        caught: set[int] = set()
+        metrics = service.metrics
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200, max_records=FETCH_MAX_RECORDS)
+            records = [
+                Incoming(tp.partition, msg.offset, msg.key, msg.value)
+                for tp, msgs in batches.items() for msg in msgs
+            ]
+            if records:
+                result = replica.apply(records)
+                service.on_applied(result)
+            lag = 0
+            for tp in tps:
+                position = await consumer.position(tp)
+                if tp.partition not in caught and position >= target.get(tp, 0):
+                    caught.add(tp.partition)
+                high = consumer.highwater(tp)
+                if high is not None:
+                    lag += max(0, high - position)
+            metrics.replica_lag.set(lag)
+            if not service.replica_caught_up and len(caught) == len(tps):
+                service.replica_caught_up = True
+                logger.info("replica caught up with %s", topic)
+    finally:
+        await consumer.stop()
+
+
+async def follow_model_updates(settings: Settings, wake: asyncio.Event,
+                               stop: asyncio.Event) -> None:
+    """Set `wake` on every model-updates event (the manager then re-reads ACTIVE)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    topic = settings.topic("model-updates")
+    consumer = AIOKafkaConsumer(
+        **aiokafka_config(settings), group_id=None, enable_auto_commit=False,
+        auto_offset_reset="latest", client_id="mekb-serve-models",
+    )
+    await consumer.start()
+    try:
+        parts = await _partitions(consumer, topic, stop)
+        if parts is None:
+            return
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=500)
+            for msgs in batches.values():
+                for msg in msgs:
+                    logger.info("model-updates: %s", (msg.value or b"")[:200].decode(
+                        "utf-8", "replace"))
+                    wake.set()
+    finally:
+        await consumer.stop()
+
+
+async def supervise(name: str, stop: asyncio.Event, run: Any) -> None:
+    """Run a consumer coroutine factory; restart it after a failure (broker down, ...)."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            await run()
+            delay = 1.0
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("%s failed (%s: %s); retrying in %.0fs", name, type(exc).__name__,
+                           exc, delay)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        delay = min(delay * 2, 30.0)

@@ -1,0 +1,120 @@
+"""Replica (RocksDB), cache, provider selection and the dynamic batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from serving.batcher import DynamicBatcher
+from serving.cache import CachedEmbedding, EmbeddingCache
+from serving.encoder import CPU, CUDA, select_providers
+from serving.metrics import ServingMetrics
+from serving.replica import Incoming, Replica
+
+
+def _value(user: str, version: int, title: str = "T") -> bytes:
+    return json.dumps({"v": 1, "user_id": user, "version": version, "ts": time.time(),
+                       "updated_at": time.time(), "entities": [{"id": "kb:" + title,
+                                                                 "title": title, "score": 1.0}],
+                       "seen_items": ["i1"]}).encode()
+
+
+def test_replica_survives_reopen_with_offsets(tmp_path: Path) -> None:
+    path = tmp_path / "replica"
+    replica = Replica(path)
+    result = replica.apply([
+        Incoming(0, 0, b"u1", _value("u1", 1, "A")),
+        Incoming(1, 5, b"u2", _value("u2", 4, "B")),
+        Incoming(0, 1, b"u1", _value("u1", 2, "C")),  # newer in the same batch wins
+    ])
+    assert {r.user_id: r.version for r in result.applied} == {"u1": 2, "u2": 4}
+    replica.close()
+    reopened = Replica(path)
+    assert reopened.offsets() == {0: 2, 1: 6}
+    rec = reopened.get("u1")
+    assert rec is not None and rec.version == 2 and rec.titles() == ["C"]
+    assert reopened.count_users() == 2
+    reopened.close()
+
+
+@pytest.mark.parametrize("path", [None, "rocks"])
+def test_replica_ignores_older_versions_bad_records_and_applies_tombstones(
+    tmp_path: Path, path: str | None
+) -> None:
+    replica = Replica(tmp_path / path if path else None)
+    replica.apply([Incoming(0, 0, b"u1", _value("u1", 5))])
+    result = replica.apply([
+        Incoming(0, 1, b"u1", _value("u1", 5, "same")),
+        Incoming(0, 2, b"u1", _value("u1", 3, "older")),
+        Incoming(0, 3, b"u2", b"{not json"),
+        Incoming(0, 4, b"u3", _value("someone-else", 1)),  # key/user_id mismatch
+        Incoming(0, 5, b"u4", json.dumps({"user_id": "u4", "version": -1}).encode()),
+    ])
+    assert result.applied == [] and result.older == 2 and result.bad == 3
+    assert replica.get("u1").version == 5 and replica.get("u1").titles() == ["T"]
+    assert replica.offsets() == {0: 6}  # bad records are consumed, not retried forever
+    deleted = replica.apply([Incoming(0, 6, b"u1", None)])
+    assert deleted.deleted == ["u1"] and replica.get("u1") is None
+    # after a delete, a fresh history of the user starts again
+    assert replica.apply([Incoming(0, 7, b"u1", _value("u1", 1))]).applied[0].version == 1
+
+
+def test_cache_never_replaces_newer_and_evicts_lru() -> None:
+    cache = EmbeddingCache(2)
+    e = np.zeros(2, dtype=np.float32)
+    cache.put("a", CachedEmbedding(2, "t", e, 0.0))
+    cache.put("a", CachedEmbedding(1, "t", e + 1, 0.0))  # late computation of an older one
+    assert cache.get("a", 2, "t") is not None and cache.get("a", 1, "t") is None
+    assert cache.get("a", 2, "other-tower") is None
+    cache.put("b", CachedEmbedding(1, "t", e, 0.0))
+    cache.get("a", 2, "t")  # a is now the most recent
+    cache.put("c", CachedEmbedding(1, "t", e, 0.0))
+    assert cache.get("b", 1, "t") is None and cache.get("a", 2, "t") is not None
+
+
+def test_provider_selection_is_quiet_and_cpu_without_gpu(caplog) -> None:
+    assert select_providers("auto", [CPU], gpus=0) == [CPU]
+    assert select_providers("auto", [CUDA, CPU], gpus=0) == [CPU]
+    assert select_providers("auto", [CUDA, CPU], gpus=1) == [CUDA, CPU]
+    assert select_providers("cpu", [CUDA, CPU], gpus=1) == [CPU]
+    assert not caplog.records  # auto never warns
+    assert select_providers("cuda", [CPU], gpus=1) == [CPU]
+    assert "no CUDA provider" in caplog.text
+
+
+def test_batcher_batches_concurrent_requests_before_refreshes() -> None:
+    calls: list[tuple[str, int]] = []
+
+    def encode(model: str, texts: list[str]) -> tuple[np.ndarray, float]:
+        time.sleep(0.02)  # a run is busy while more work queues up
+        calls.append((model, len(texts)))
+        return np.asarray([[float(len(t))] for t in texts], dtype=np.float32), 0.02
+
+    metrics = ServingMetrics(CollectorRegistry())
+
+    async def main() -> list[np.ndarray]:
+        batcher = DynamicBatcher(encode, metrics, max_batch=8, refresh_batch=2)
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.submit("m", ["x"], "request"))
+            await asyncio.sleep(0.005)  # the first run starts alone
+            refresh = asyncio.ensure_future(batcher.submit("m", ["r1", "r2", "r3"], "refresh"))
+            reqs = [asyncio.ensure_future(batcher.submit("m", ["y" * n], "request"))
+                    for n in range(1, 6)]
+            other = asyncio.ensure_future(batcher.submit("m2", ["zz"], "request"))
+            return await asyncio.gather(first, *reqs, other, refresh)
+        finally:
+            await batcher.close()
+
+    results = asyncio.run(main())
+    assert [float(r[0][0]) for r in results[1:6]] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert results[-1].shape == (3, 1)
+    # the 5 queued requests ran as one batch before any refresh; models never mixed
+    assert calls[0] == ("m", 1) and calls[1] == ("m", 5) and calls[2] == ("m2", 1)
+    assert calls[3:] == [("m", 2), ("m", 1)]
