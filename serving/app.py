@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import numpy as np
+import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, ORJSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from mekb.registry import Registry, RegistryError, VersionNotFound
@@ -77,7 +78,7 @@ class BatchRequest(BaseModel):
 def _embedding_json(e: UserEmbedding) -> dict[str, Any]:
     return {
         "user_id": e.user_id,
-        "embedding": e.embedding.tolist(),
+        "embedding": e.embedding,
         "dim": int(e.embedding.shape[0]),
         "model_version": e.model_version,
         "mekb_version": e.mekb_version,
@@ -87,6 +88,13 @@ def _embedding_json(e: UserEmbedding) -> dict[str, Any]:
         "stale": e.stale,
         "cached": e.cached,
     }
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    """orjson straight to bytes: embeddings are long float lists, and FastAPI's generic
+    encoder walks them element by element."""
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
+                    media_type="application/json")
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -169,7 +177,6 @@ def create_app(
         "embeddings. Every user-facing response names the model version and the MeKB version "
         "it was computed from. Authenticate with the `X-API-Key` header.",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
     )
     app.add_middleware(_MetricsMiddleware, service=service, max_body=cfg.max_body_bytes)
 
@@ -217,41 +224,41 @@ def create_app(
     async def user_embedding(
         user_id: UserId,
         allow_stale: Annotated[bool, Query(description="accept an older cached embedding")] = False,
-    ) -> Any:
+    ) -> Response:
         """The user's embedding by the active model version, computed from the user's
         latest MeKB (never older unless `allow_stale`, then `stale` says so). Unknown
         user: the embedding of an empty MeKB, `cold_start: true`, `mekb_version: 0`."""
         model = pinned()
         result = await service.embed(model, [user_id], allow_stale=allow_stale)
-        return _embedding_json(result[0])
+        return _json(_embedding_json(result[0]))
 
     @app.post("/v1/users/embeddings", dependencies=auth, tags=["users"])
-    async def user_embeddings(body: BatchRequest) -> Any:
+    async def user_embeddings(body: BatchRequest) -> Response:
         """Embeddings of up to MEKB_SERVING_MAX_BATCH_IDS users, all by one model version."""
         if len(body.user_ids) > cfg.max_batch_ids:
             raise HTTPException(422, f"user_ids: at most {cfg.max_batch_ids} ids per request, "
                                 f"got {len(body.user_ids)}")
         model = pinned()
         result = await service.embed(model, body.user_ids, allow_stale=body.allow_stale)
-        return {"model_version": model.version, "dim": model.dim,
-                "embeddings": [_embedding_json(e) for e in result]}
+        return _json({"model_version": model.version, "dim": model.dim,
+                "embeddings": [_embedding_json(e) for e in result]})
 
     @app.get("/v1/users/{user_id}/mekb", dependencies=auth, tags=["users"])
-    async def user_mekb(user_id: UserId) -> Any:
+    async def user_mekb(user_id: UserId) -> Response:
         """The user's MeKB: weighted entities (best first) and recently seen items."""
         rec = service.record(user_id)
         if rec is None:
             raise HTTPException(404, f"user {user_id!r} has no MeKB (no interactions applied)")
         ranked = sorted(rec.entities, key=lambda e: -float(e.get("score", 0.0)))
-        return {"user_id": rec.user_id, "mekb_version": rec.version, "mekb_ts": rec.ts,
-                "updated_at": rec.updated_at, "entities": ranked, "seen_items": rec.seen_items}
+        return _json({"user_id": rec.user_id, "mekb_version": rec.version, "mekb_ts": rec.ts,
+                "updated_at": rec.updated_at, "entities": ranked, "seen_items": rec.seen_items})
 
     @app.get("/v1/users/{user_id}/recommendations", dependencies=auth, tags=["users"])
     async def recommendations(
         user_id: UserId,
         domain: Annotated[str, Query(min_length=1, max_length=DOMAIN_MAX)],
         k: Annotated[int, Query(ge=1, description="at most MEKB_SERVING_MAX_K")] = 10,
-    ) -> Any:
+    ) -> Response:
         """Top-k items of `domain` by dot product with the user's embedding, both from the
         same model version, excluding the user's seen items."""
         if k > cfg.max_k:
@@ -277,19 +284,19 @@ def create_app(
         take = min(k, n)
         top = np.argpartition(-scores, take - 1)[:take] if take else np.zeros(0, dtype=np.int64)
         top = top[np.argsort(-scores[top], kind="stable")]
-        return {
+        return _json({
             "user_id": user_id, "domain": domain, "model_version": model.version,
             "mekb_version": emb.mekb_version, "cold_start": emb.cold_start,
             "items": [{"item_id": items.item_ids[int(rows[t])], "score": float(scores[t])}
                       for t in top],
-        }
+        })
 
     # --- items ----------------------------------------------------------------------------
     @app.get("/v1/items/embeddings", dependencies=auth, tags=["items"])
     async def item_embeddings(
         domain: Annotated[str | None, Query(max_length=DOMAIN_MAX)] = None,
         version: Annotated[str | None, Query(max_length=128)] = None,
-    ) -> Any:
+    ) -> Response:
         """Item embeddings of one model version (default: the active one), optionally of
         one domain, for backends that build their own ANN index."""
         model = service.model
@@ -319,16 +326,16 @@ def create_app(
                 raise HTTPException(404, f"unknown domain {domain!r} in model {version}")
             ids = [items.item_ids[int(r)] for r in items.domain_rows[domain]]
             matrix = items.domain_matrix[domain]
-        return {"model_version": version, "domain": domain, "dim": int(matrix.shape[1]),
-                "item_ids": ids, "embeddings": matrix.tolist()}
+        return _json({"model_version": version, "domain": domain, "dim": int(matrix.shape[1]),
+                "item_ids": ids, "embeddings": matrix})
 
     # --- models ---------------------------------------------------------------------------
     @app.get("/v1/models", dependencies=auth, tags=["models"])
-    async def models() -> Any:
+    async def models() -> Response:
         """Registry versions, the registry's ACTIVE one and the one this server serves."""
         active = registry.active_version()
         serving = service.model
-        return {
+        return _json({
             "active": active,
             "serving": serving.version if serving else None,
             "versions": [
@@ -337,12 +344,12 @@ def create_app(
                  "load_failed": manager.failed.get(mv.version)}
                 for mv in registry.list()
             ],
-        }
+        })
 
     admin = [Depends(admin_auth)]
 
     @app.post("/v1/models/rollback", dependencies=admin, tags=["admin"])
-    async def rollback() -> Any:
+    async def rollback() -> Response:
         """Re-activate the previously active version (loaded and warmed before the switch)."""
         try:
             model = await manager.rollback()
@@ -350,10 +357,10 @@ def create_app(
             raise HTTPException(409, str(exc)) from None
         except ModelLoadError as exc:
             raise HTTPException(409, f"rollback target could not be loaded: {exc}") from None
-        return {"active": model.version, "kind": model.kind}
+        return _json({"active": model.version, "kind": model.kind})
 
     @app.post("/v1/models/{version}/activate", dependencies=admin, tags=["admin"])
-    async def activate(version: Annotated[str, Path(min_length=1, max_length=128)]) -> Any:
+    async def activate(version: Annotated[str, Path(min_length=1, max_length=128)]) -> Response:
         """Verify, load and warm `version`, then make it active here and in the registry."""
         try:
             model = await manager.activate(version)
@@ -363,24 +370,24 @@ def create_app(
             raise HTTPException(422, str(exc)) from None
         except ModelLoadError as exc:
             raise HTTPException(409, f"version {version} could not be loaded: {exc}") from None
-        return {"active": model.version, "kind": model.kind,
-                "load_seconds": round(model.load_seconds, 3)}
+        return _json({"active": model.version, "kind": model.kind,
+                "load_seconds": round(model.load_seconds, 3)})
 
     # --- operations -------------------------------------------------------------------------
     @app.get("/healthz", tags=["ops"])
-    async def healthz() -> Any:
+    async def healthz() -> Response:
         """The process is up and its event loop answers."""
-        return {"status": "ok"}
+        return _json({"status": "ok"})
 
     @app.get("/readyz", tags=["ops"])
-    async def readyz() -> Any:
+    async def readyz() -> Response:
         """Ready only when a model version is loaded and the replica has caught up."""
         model = service.model
         ready = service.ready
         service.metrics.ready.set(1 if ready else 0)
         body = {"ready": ready, "model_version": model.version if model else None,
                 "replica_caught_up": service.replica_caught_up}
-        return ORJSONResponse(body, status_code=200 if ready else 503)
+        return _json(body, 200 if ready else 503)
 
     @app.get("/metrics", tags=["ops"])
     async def metrics() -> Response:

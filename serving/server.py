@@ -10,8 +10,12 @@ Stop order is the reverse; uvicorn drains in-flight requests first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -142,7 +146,7 @@ def run(settings: Settings) -> None:
     server = build(settings)
     loop = "uvloop" if _has("uvloop") else "asyncio"
     http = "httptools" if _has("httptools") else "h11"
-    uv = uvicorn.Server(uvicorn.Config(
+    uv = _Uvicorn(uvicorn.Config(
         server.app, host=settings.serving_host, port=settings.serving_port, loop=loop,
         http=http, access_log=False, log_config=None, timeout_graceful_shutdown=10,
         lifespan="on",
@@ -150,6 +154,34 @@ def run(settings: Settings) -> None:
     logger.info("serving on http://%s:%d (docs /docs, metrics /metrics, replica %s)",
                 settings.serving_host, settings.serving_port, replica_dir(settings))
     uv.run()
+
+
+def _uvicorn_server() -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, so the process
+        would die by the signal (exit -15); a completed drain is a clean stop here:
+        exit 0, which is what `mekb up` and service managers expect."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
+def _Uvicorn(config: Any) -> Any:  # noqa: N802 - a class factory used like a class
+    return _uvicorn_server()(config)
 
 
 def _has(module: str) -> bool:
