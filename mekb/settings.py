@@ -282,6 +282,106 @@ class Settings(BaseSettings):
         "model-updates events).",
     )
 
+    # --- trainer ---
+    trainer_port: int = Field(
+        default=9468, ge=0, le=65535,
+        description="Port of the trainer's /metrics and /healthz (`mekb trainer`), on "
+        "MEKB_METRICS_HOST.",
+    )
+    trainer_state_dir: Path | None = Field(
+        default=None,
+        description="Trainer checkpoints (weights, optimiser, offsets, recent windows). "
+        "Unset = $MEKB_DATA_DIR/trainer.",
+    )
+    trainer_group: str = Field(
+        default="mekb-trainer", pattern=r"^[A-Za-z0-9._-]{1,128}$",
+        description="Consumer group (with MEKB_TOPIC_PREFIX) under which the trainer commits "
+        "its training-examples offsets (it assigns every partition itself: one trainer).",
+    )
+    trainer_encoder: str | None = Field(
+        default=None,
+        description="Hugging Face encoder directory of a fresh model. Unset = the bundled "
+        "all-MiniLM-L6-v2.",
+    )
+    trainer_dim: int = Field(
+        default=256, ge=8, le=4096, description="Embedding size K of a fresh model."
+    )
+    trainer_max_tokens: int = Field(
+        default=128, ge=8, le=512, description="User sequence length (tokens) of a fresh model."
+    )
+    trainer_batch_size: int = Field(
+        default=16, ge=1, le=4096,
+        description="Examples per fine-tuning step (a smaller step runs when the stream "
+        "goes idle).",
+    )
+    trainer_optimizer: Literal["lamb", "adamw"] = Field(
+        default="lamb",
+        description="Fine-tuning optimiser of the user tower (the ID table always takes plain "
+        "Adam steps at MEKB_TRAINER_ITEM_LR).",
+    )
+    trainer_lr: float = Field(
+        default=5e-5, gt=0.0, description="Learning rate of the user tower (encoder + MLP)."
+    )
+    trainer_item_lr: float = Field(
+        default=1e-3, gt=0.0, description="Learning rate of the item ID table."
+    )
+    trainer_weight_decay: float = Field(
+        default=5e-4, ge=0.0, description="Decoupled weight decay of the fine-tuning optimiser."
+    )
+    trainer_checkpoint_interval_s: float = Field(
+        default=60.0, gt=0.0,
+        description="Seconds between checkpoints (each followed by an offset commit).",
+    )
+    trainer_publish_every: int = Field(
+        default=5000, ge=0,
+        description="Trained examples between candidate publications (0 = only by time).",
+    )
+    trainer_publish_interval_s: float = Field(
+        default=900.0, ge=0.0,
+        description="Seconds after which a candidate is published if any example was trained "
+        "since the last one (0 = only by count).",
+    )
+    trainer_refit_interval_s: float = Field(
+        default=3600.0, gt=0.0,
+        description="Seconds between item-tower refits (user tower frozen, full softmax on "
+        "the recent window), published as `items` versions.",
+    )
+    trainer_refit_epochs: int = Field(
+        default=5, ge=1, le=1000, description="Epochs over the recent window per refit."
+    )
+    trainer_refit_lr: float = Field(
+        default=1e-2, gt=0.0, description="Learning rate of the item-tower refit."
+    )
+    trainer_recent_window: int = Field(
+        default=10_000, ge=1, le=10_000_000,
+        description="Most recent trained examples kept (and checkpointed) for the refit.",
+    )
+    trainer_holdout_fraction: float = Field(
+        default=0.05, ge=0.0, lt=1.0,
+        description="Share of examples (by hash of example_id) held out for the quality gate "
+        "and never trained on.",
+    )
+    trainer_holdout_window: int = Field(
+        default=2000, ge=1, le=1_000_000,
+        description="Most recent held-out examples the gate evaluates on.",
+    )
+    trainer_gate_min_examples: int = Field(
+        default=50, ge=0,
+        description="Fewer held-out examples than this: the gate is skipped (decision "
+        "`skipped`) and the candidate is published.",
+    )
+    trainer_gate_negatives: int = Field(
+        default=999, ge=1, le=100_000,
+        description="Sampled negatives per held-out positive (HR@10/NDCG@10; fewer when the "
+        "domain has fewer items).",
+    )
+    trainer_gate_tolerance: float = Field(
+        default=0.01, ge=0.0, le=1.0,
+        description="A candidate is rejected when its HR@10 or NDCG@10 is below the active "
+        "version's by more than this (absolute).",
+    )
+    trainer_seed: int = Field(default=0, description="Seed of initialisation and sampling.")
+
     @property
     def embedded(self) -> bool:
         """True when no external broker is configured (the embedded Tansu default)."""

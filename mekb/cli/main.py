@@ -11,6 +11,7 @@ from mekb import __version__
 from mekb.cli import broker, config, link, linker, monitor, produce, sample, topics, up, worker
 from mekb.cli import models as models_cli
 from mekb.cli import serve as serve_cli
+from mekb.cli import trainer as trainer_cli
 from mekb.cli.common import CliError
 
 app = typer.Typer(
@@ -36,6 +37,7 @@ app.command()(link.link)
 app.add_typer(linker.app, name="linker")
 app.command()(worker.worker)
 app.add_typer(models_cli.app, name="models")
+app.command()(trainer_cli.trainer)
 app.command()(serve_cli.serve)
 
 

@@ -1,0 +1,77 @@
+"""`mekb trainer`: continuous EmbedMe fine-tuning from training-examples, item-tower
+refit, gated publication into the model registry."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import typer
+
+from mekb.cli.common import CliError, settings_with
+
+
+def trainer(
+    port: int = typer.Option(
+        None, "--port", min=0, max=65535,
+        help="/metrics and /healthz port on MEKB_METRICS_HOST (MEKB_TRAINER_PORT).",
+    ),
+    publish_every: int = typer.Option(
+        None, "--publish-every", min=0,
+        help="Trained examples between candidate publications (MEKB_TRAINER_PUBLISH_EVERY).",
+    ),
+    refit_interval: float = typer.Option(
+        None, "--refit-interval", min=0.001,
+        help="Seconds between item-tower refits (MEKB_TRAINER_REFIT_INTERVAL_S).",
+    ),
+) -> None:
+    """Fine-tune EmbedMe on the stream of point-in-time examples; publish gated versions
+    (full: user tower + items; items: hourly item-tower refit) and announce them."""
+    import torch
+    from prometheus_client import CollectorRegistry
+
+    from mekb.kafka_config import BrokerNotFound, bootstrap_servers
+    from mekb.registry import Registry, announce, registry_root
+    from trainer.model import ModelError
+    from trainer.online.checkpoint import CheckpointStore
+    from trainer.online.http import serve
+    from trainer.online.loop import OnlineTrainer, model_config, state_dir
+    from trainer.online.metrics import TrainerMetrics
+    from trainer.online.resume import load_start
+    from trainer.online.service import Health, run
+
+    settings = settings_with(trainer_port=port, trainer_publish_every=publish_every,
+                             trainer_refit_interval_s=refit_interval)
+    try:
+        bootstrap_servers(settings)
+    except BrokerNotFound as exc:
+        raise CliError(str(exc)) from None
+    health = Health()
+    prom = CollectorRegistry()
+    metrics = TrainerMetrics(prom)
+    server = serve(settings.metrics_host, settings.trainer_port, prom, health.response)
+    typer.echo(f"trainer: http://{settings.metrics_host}:{server.server_address[1]}/metrics "
+               "and /healthz")
+    try:
+        torch.manual_seed(settings.trainer_seed)
+        store = CheckpointStore(state_dir(settings) / "checkpoints")
+        registry = Registry(registry_root(settings))
+        try:
+            start = load_start(settings, store, registry, model_config(settings))
+        except ModelError as exc:
+            raise CliError(f"cannot load the model: {exc}") from None
+        health.source = start.source
+        online = OnlineTrainer(settings, start.model, start.state, start.optimizer_state,
+                               store, registry, metrics,
+                               announce=lambda mv: announce(settings, mv))
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await run(settings, online, health, stop)
+
+        asyncio.run(main())
+    finally:
+        server.shutdown()

@@ -1,0 +1,78 @@
+"""Training examples as the trainer keeps them (docs/contracts.md `training-examples`).
+
+Only what training, the gate and the refit need is kept: the user's entity titles
+in score order (the text is built per model, `sequence_text` depends on its
+max_tokens), the target item and its domain.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mekb.scoring import sequence_text
+
+# More titles than any max_tokens up to 512 can use (sequence_text keeps max_tokens // 2).
+MAX_TITLES = 256
+
+
+class InvalidExample(ValueError):
+    """A record that is not a v1 training example."""
+
+
+@dataclass(frozen=True)
+class Example:
+    example_id: str
+    user_id: str
+    domain: str
+    item_id: str
+    ts: float
+    titles: tuple[str, ...]
+
+    def text(self, max_tokens: int) -> str:
+        return sequence_text(list(self.titles), max_tokens)
+
+    def to_json(self) -> list[Any]:
+        """Compact form for checkpoints (the recent windows)."""
+        return [self.example_id, self.user_id, self.domain, self.item_id, self.ts,
+                list(self.titles)]
+
+    @classmethod
+    def from_json(cls, row: Sequence[Any]) -> Example:
+        eid, user, domain, item, ts, titles = row
+        return cls(str(eid), str(user), str(domain), str(item), float(ts),
+                   tuple(str(t) for t in titles))
+
+
+def parse_example(value: bytes | None) -> Example:
+    """Decode one `training-examples` record; InvalidExample says why not."""
+    if not value:
+        raise InvalidExample("empty record")
+    try:
+        data = json.loads(value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidExample(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidExample("not a JSON object")
+    if data.get("v") != 1:
+        raise InvalidExample(f"unsupported schema version {data.get('v')!r}")
+    try:
+        ids = {k: data[k] for k in ("example_id", "user_id", "domain", "item_id")}
+        ts = float(data.get("ts") or 0.0)
+        entities = data["entities"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidExample(f"missing or bad field: {exc}") from None
+    for key, val in ids.items():
+        if not isinstance(val, str) or not val:
+            raise InvalidExample(f"{key} must be a non-empty string")
+    if not isinstance(entities, list):
+        raise InvalidExample("entities must be a list")
+    titles = []
+    for ent in entities[:MAX_TITLES]:
+        title = ent.get("title") if isinstance(ent, dict) else None
+        if isinstance(title, str) and title:
+            titles.append(title)
+    return Example(ids["example_id"], ids["user_id"], ids["domain"], ids["item_id"], ts,
+                   tuple(titles))

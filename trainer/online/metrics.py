@@ -1,0 +1,71 @@
+"""Prometheus metrics of `mekb trainer` (names `mekb_trainer_*`, docs/metrics.md)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+PUBLISH_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class TrainerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._item_tower_at = 0.0
+        self.examples = Counter(
+            "mekb_trainer_examples", "Training-examples records consumed, by outcome "
+            "(trained, held_out, invalid).", ["outcome"], registry=registry)
+        self.steps = Counter(
+            "mekb_trainer_steps", "Fine-tuning steps.", registry=registry)
+        self.loss = Gauge(
+            "mekb_trainer_loss", "Full-softmax loss of the last fine-tuning step.",
+            registry=registry)
+        self.step_seconds = Histogram(
+            "mekb_trainer_step_duration_seconds", "Wall time of one fine-tuning step.",
+            buckets=STEP_BUCKETS, registry=registry)
+        self.lag = Gauge(
+            "mekb_trainer_consumer_lag_records",
+            "training-examples records not consumed yet (sum over partitions).",
+            registry=registry)
+        self.items = Gauge(
+            "mekb_trainer_items", "Rows of the live model's item table.", registry=registry)
+        self.last_publish = Gauge(
+            "mekb_trainer_last_publish_timestamp_seconds",
+            "Unix time of the last version published (any kind).", registry=registry)
+        self.item_tower_published = Gauge(
+            "mekb_trainer_item_tower_published_timestamp_seconds",
+            "Unix time the item table served now was fitted and published (full or items "
+            "version).", registry=registry)
+        self.item_tower_age = Gauge(
+            "mekb_trainer_item_tower_age_seconds",
+            "Seconds since the last item-table publication (full or items version).",
+            registry=registry)
+        self.item_tower_age.set_function(self._item_tower_age)
+        self.publish_seconds = Histogram(
+            "mekb_trainer_publish_duration_seconds",
+            "Wall time of gate + export + publish of one candidate.", ["kind"],
+            buckets=PUBLISH_BUCKETS, registry=registry)
+        self.refit_seconds = Histogram(
+            "mekb_trainer_refit_duration_seconds", "Wall time of one item-tower refit.",
+            buckets=PUBLISH_BUCKETS, registry=registry)
+        self.gate = Counter(
+            "mekb_trainer_gate_decisions", "Quality-gate decisions (published, rejected, "
+            "skipped, initial), by version kind.", ["decision", "kind"], registry=registry)
+        self.gate_score = Gauge(
+            "mekb_trainer_gate_score", "Scores of the last gate run on the held-out slice.",
+            ["model", "metric"], registry=registry)
+        self.holdout = Gauge(
+            "mekb_trainer_holdout_examples", "Held-out examples kept for the gate.",
+            registry=registry)
+        self.active = Info(
+            "mekb_trainer_active_version", "The registry's active version as last set or "
+            "seen by the trainer.", registry=registry)
+
+    def mark_item_tower(self, published_at: float) -> None:
+        self._item_tower_at = published_at
+        self.item_tower_published.set(published_at)
+
+    def _item_tower_age(self) -> float:
+        at = self._item_tower_at
+        return time.time() - at if at > 0 else 0.0

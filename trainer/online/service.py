@@ -1,0 +1,135 @@
+"""`mekb trainer` as a process: Kafka in, OnlineTrainer in the middle, offsets out.
+
+The trainer assigns itself every partition of training-examples (one trainer per
+registry: it is the registry's only writer) and uses its consumer group only to
+commit offsets (lag, and a resume point when its checkpoints are gone). It seeks
+each partition to the checkpoint's offset, else the group's committed one, else
+the beginning. CPU-heavy work runs in a worker thread so fetches and the HTTP
+endpoints stay responsive; offsets are committed only with what `OnlineTrainer`
+returns, i.e. after checkpoint (and publication) completed (trainer/online/loop.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mekb.kafka_config import aiokafka_config
+from mekb.settings import Settings
+from trainer.online.loop import OnlineTrainer, Record
+
+logger = logging.getLogger(__name__)
+
+POLL_MS = 500
+
+
+@dataclass
+class Health:
+    phase: str = "starting"  # starting | running | stopping
+    source: str = ""
+    partitions: list[int] = field(default_factory=list)
+    step: int = 0
+    examples_seen: int = 0
+    active_version: str | None = None
+    last_error: str | None = None
+
+    def response(self) -> tuple[int, bytes]:
+        ok = self.phase == "running"
+        body = {"status": "ok" if ok else self.phase, **self.__dict__}
+        return (200 if ok else 503), json.dumps(body).encode()
+
+
+def _key(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+async def _partitions(consumer: Any, topic: str, timeout_s: float = 30.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        await consumer.topics()  # refreshes metadata
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return sorted(parts)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topic {topic} not found (create it: `mekb topics create`)")
+        await asyncio.sleep(0.5)
+
+
+async def _commit(consumer: Any, topic: str, offsets: dict[str, int]) -> None:
+    from aiokafka import TopicPartition
+
+    mine = {TopicPartition(topic, int(k.rsplit(":", 1)[1])): v
+            for k, v in offsets.items() if k.rsplit(":", 1)[0] == topic}
+    if not mine:
+        return
+    try:
+        await consumer.commit(mine)
+    except Exception as exc:  # the checkpoint holds the offsets: a lost commit costs lag only
+        logger.warning("offset commit failed (%s); the checkpoint keeps them", exc)
+
+
+async def run(settings: Settings, trainer: OnlineTrainer, health: Health,
+              stop: asyncio.Event) -> None:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    topic = settings.topic("training-examples")
+    consumer = AIOKafkaConsumer(
+        **aiokafka_config(settings), group_id=settings.topic(settings.trainer_group),
+        enable_auto_commit=False, auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
+    )
+    await consumer.start()
+    try:
+        # Serving waits for a first version: publish it before anything else.
+        offsets = await asyncio.to_thread(trainer.startup)
+        parts = await _partitions(consumer, topic)
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        for tp in tps:
+            known = trainer.offsets.get(_key(topic, tp.partition))
+            if known is None:
+                known = await consumer.committed(tp)
+            if known is not None:
+                consumer.seek(tp, known)
+                trainer.offsets[_key(topic, tp.partition)] = int(known)
+            else:
+                await consumer.seek_to_beginning(tp)
+        if offsets:
+            await _commit(consumer, topic, offsets)
+        health.partitions = parts
+        health.phase = "running"
+        _sync(health, trainer)
+        logger.info("trainer consuming %s partitions %s from %s", topic, parts,
+                    {tp.partition: trainer.offsets.get(_key(topic, tp.partition))
+                     for tp in tps})
+        max_records = max(64, settings.trainer_batch_size * 4)
+        while not stop.is_set():
+            got = await consumer.getmany(timeout_ms=POLL_MS, max_records=max_records)
+            records = [Record(tp.partition, r.offset, r.value)
+                       for tp, recs in got.items() for r in recs]
+            offsets = await asyncio.to_thread(trainer.process, records)
+            if offsets:
+                await _commit(consumer, topic, offsets)
+            lag = 0
+            for tp in tps:
+                high = consumer.highwater(tp)
+                done = trainer.offsets.get(_key(topic, tp.partition))
+                if high is not None and done is not None:
+                    lag += max(0, int(high) - int(done))
+            trainer.metrics.lag.set(lag)
+            _sync(health, trainer)
+        health.phase = "stopping"
+        offsets = await asyncio.to_thread(trainer.checkpoint_and_offsets)
+        await _commit(consumer, topic, offsets)
+    finally:
+        await consumer.stop()
+
+
+def _sync(health: Health, trainer: OnlineTrainer) -> None:
+    health.step = trainer.state.step
+    health.examples_seen = trainer.state.examples_seen
+    health.active_version = trainer.registry.active_version()
