@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 DEFAULT_K_STAR = 5.0
 DEFAULT_MAX_TOKENS = 256
@@ -54,20 +55,35 @@ def mekb_scores(
     an ordered MeKB instead of an empty one.
     """
     lookup = df.get if isinstance(df, Mapping) else df
-    raw = {}
-    for entity, k in counts.items():
-        if k <= 0:
-            continue
-        raw[entity] = (smooth(k, k_star), idf(int(lookup(entity) or 0), n_users))
-    weighted = {e: s * w for e, (s, w) in raw.items()}
-    total = sum(weighted.values())
-    if total <= 0:
-        weighted = {e: s for e, (s, _) in raw.items()}
-        total = sum(weighted.values())
+    ranked = rank(counts, lambda e: idf(int(lookup(e) or 0), n_users), k_star)
+    return [ScoredEntity(e, v) for e, v in ranked]
+
+
+def rank(
+    counts: Mapping[str, float], idf_of: Callable[[str], float], k_star: float = DEFAULT_K_STAR,
+) -> list[tuple[str, float]]:
+    """`mekb_scores` as (entity, score) pairs, with idf(e) supplied by the caller.
+
+    The stream worker scores a full MeKB for every training example; with a memoised
+    `idf_of` this is one dict lookup, one multiplication and one tuple per entity.
+    Results are identical to `mekb_scores` (same summation order, exact negation).
+    """
+    log = math.log
+    # Negated scores: one C-level tuple sort gives score descending, entity ascending;
+    # s(k) inline (see `smooth`): a call per entity is most of the cost here.
+    weighted = [
+        (-((k if k <= k_star else k_star * (1.0 + log(k / k_star))) * idf_of(e)), e)
+        for e, k in counts.items() if k > 0
+    ]
+    total = -sum(map(itemgetter(0), weighted))
+    if total <= 0:  # every idf is 0: fall back to s(k) alone
+        weighted = [(-(k if k <= k_star else k_star * (1.0 + log(k / k_star))), e)
+                    for e, k in counts.items() if k > 0]
+        total = -sum(map(itemgetter(0), weighted))
     if total <= 0:
         return []
-    ranked = sorted(weighted.items(), key=lambda kv: (-kv[1], kv[0]))
-    return [ScoredEntity(e, v / total) for e, v in ranked]
+    weighted.sort()
+    return [(e, -v / total) for v, e in weighted]
 
 
 def sequence_text(titles: Sequence[str], max_tokens: int = DEFAULT_MAX_TOKENS) -> str:

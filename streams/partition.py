@@ -26,11 +26,11 @@ import base64
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from mekb.events import EventError, InteractionEvent
-from mekb.scoring import mekb_scores
+from mekb.scoring import idf, rank
 from streams.catalog import ItemCatalog, LinkedItem
 from streams.codec import UserState, dumps, event_hash, loads, parse_interaction_fast
 from streams.config import StreamConfig
@@ -111,6 +111,21 @@ def dead_letter(rec: InRecord, partition: int, reason: str, fld: str, error: str
     return Output("dead-letters", rec.key, value)
 
 
+class _IdfView(dict[str, float]):
+    """idf(e) as this partition sees it, memoised for one stretch of a batch in which
+    neither the df table (updated between batches) nor df_p (updated at the end of a
+    batch) moves: scoring a MeKB then costs one dict lookup per entity."""
+
+    def __init__(self, df_of: Callable[[str], int], n_users: int) -> None:
+        super().__init__()
+        self.df_of = df_of
+        self.n_users = n_users
+
+    def __missing__(self, entity: str) -> float:
+        value = self[entity] = idf(self.df_of(entity), self.n_users)
+        return value
+
+
 class MeKBPartition:
     """State and batch logic of one `interactions` partition. Rebuilt from the store
     (`load`) — the constructor holds no state of its own."""
@@ -135,6 +150,7 @@ class MeKBPartition:
         self.parked_count = 0
         self._park_order: deque[tuple[float, str, str]] = deque()
         self._forwarded: set[str] = set()
+        self._view: _IdfView | None = None
 
     # --- loading -----------------------------------------------------------
     def load(self) -> None:
@@ -186,10 +202,12 @@ class MeKBPartition:
         return state
 
     def scored(self, counts: dict[str, float]) -> list[dict[str, object]]:
-        scores = mekb_scores(counts, self.df_of, self.n_users(), self.config.k_star)
-        title = self.catalog.title
-        return [{"id": s.entity_id, "title": title(s.entity_id), "k": counts[s.entity_id],
-                 "score": s.score} for s in scores]
+        view = self._view
+        if view is None:
+            view = self._view = _IdfView(self.df_of, self.n_users())
+        titles, title = self.catalog.titles, self.catalog.title
+        return [{"id": e, "title": titles.get(e) or title(e), "k": counts[e],
+                 "score": score} for e, score in rank(counts, view.__getitem__, self.config.k_star)]
 
     # --- parking -----------------------------------------------------------
     def _park(self, item: str, event_id: str, parked: _Parked) -> None:
@@ -229,6 +247,7 @@ class MeKBPartition:
     ) -> FlushPlan:
         now = time.time() if now is None else now
         plan = FlushPlan(self.partition)
+        self._view = None  # the df table may have moved since the last batch
         before: dict[str, set[str]] = {}
         touched: dict[str, UserState] = {}
 
@@ -327,7 +346,10 @@ class MeKBPartition:
         excess = len(counts) - self.config.max_entities
         if excess > 0:
             # Evict the lowest k (ties: smallest id); df follows from the end-of-batch diff.
-            for entity_id, _ in sorted(counts.items(), key=lambda kv: (kv[1], kv[0]))[:excess]:
+            # (k, id) pairs: the same order as sorting by k then id, compared in C.
+            pairs = zip(counts.values(), counts, strict=True)
+            victims = [min(pairs)] if excess == 1 else sorted(pairs)[:excess]
+            for _, entity_id in victims:
                 del counts[entity_id]
         state.version += 1
         state.ts = event.ts
@@ -351,6 +373,7 @@ class MeKBPartition:
                 changed.add(entity_id)
             if bool(after) != bool(was):
                 self.n_p += 1 if after else -1
+        self._view = None  # df_p moved: mekb-updates score with the new values
         for entity_id in changed:
             value = self.df_p.get(entity_id, 0)
             if value == 0:

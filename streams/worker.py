@@ -209,6 +209,10 @@ class StreamWorker:
                         self.metrics.dead_letters.labels("items", reason).inc(n)
                     if batch.next_offset is not None:
                         offsets[tp] = batch.next_offset
+                        high = consumer.highwater(tp)
+                        if high is not None:
+                            self.metrics.lag.labels("items", str(tp.partition)).set(
+                                max(0, high - batch.next_offset))
                 await asyncio.gather(*futures)
                 # Commit after the linked entities are durable (at-least-once; re-linking
                 # an item is idempotent: the compacted table keeps the latest).

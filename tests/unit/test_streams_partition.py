@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 
 import pytest
 
+from mekb.scoring import idf, mekb_scores, rank
 from streams.catalog import ItemCatalog, LinkedItem
 from streams.codec import UserState
 from streams.config import StreamConfig
@@ -183,3 +185,28 @@ def test_user_state_roundtrip() -> None:
     assert (back.version, back.ts, back.counts, back.recent, back.seen) == (
         3, 12.5, {"kb:A": 1.5}, [1, 2**64 - 1], ["i1"])
     assert back.seen_event(2**64 - 1) and not back.seen_event(5)
+
+
+def test_hot_path_scoring_equals_the_shared_formula() -> None:
+    """The worker scores with `rank` and a memoised idf; the result must be exactly what
+    `mekb_scores` gives (ties by id, s(k) above K*, all-zero idf fallback)."""
+    rng = random.Random(3)
+    for _ in range(300):
+        counts = {f"kb:e{rng.randint(0, 60)}": rng.choice((0.0, 1.0, 2.0, 7.5, rng.random() * 30))
+                  for _ in range(rng.randint(0, 40))}
+        df = {e: rng.randint(1, 9) for e in counts}
+        n = rng.choice((1, 9, 50))
+        memo = {e: idf(df[e], n) for e in counts}
+        want = [(s.entity_id, s.score) for s in mekb_scores(counts, df, n, 5.0)]
+        assert rank(counts, memo.__getitem__, 5.0) == want
+
+
+def test_partition_scores_with_the_df_it_sees() -> None:
+    table = DfTable()
+    table.apply_partial(1, "kb:A", 1, 3)  # another partition's users
+    table.apply_partial(1, "", 1, 4)
+    part = MeKBPartition(0, MemoryStore(), StreamConfig(), ItemCatalog(), table)
+    part.df_p, part.n_p = {"kb:A": 1, "kb:B": 1}, 2
+    got = part.scored({"kb:A": 2.0, "kb:B": 1.0})
+    want = mekb_scores({"kb:A": 2.0, "kb:B": 1.0}, {"kb:A": 4, "kb:B": 1}, 6)
+    assert [(x["id"], x["score"]) for x in got] == [(s.entity_id, s.score) for s in want]
