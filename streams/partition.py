@@ -6,6 +6,8 @@ changelog), output records, and df partials. The worker makes the plan durable i
 the order documented in streams/worker.py and only then commits the input offsets.
 
 Per event, in order:
+0. offset below the partition's consumed input offset (kept in the changelogged
+   partition meta) -> a replay after a crash: `duplicate`, skipped;
 1. parse with the event contract; a malformed event or a record whose key is not
    its user_id -> dead letter (reason), processing continues;
 2. not positive (see StreamConfig) -> counted `ignored`, no state change;
@@ -145,6 +147,7 @@ class MeKBPartition:
         self.df_p: dict[str, int] = {}
         self.n_p = 0
         self.seq = 0
+        self.applied_next = 0
         self.changelog_next = 0
         self.parked: dict[str, dict[str, _Parked]] = {}
         self.parked_count = 0
@@ -163,6 +166,7 @@ class MeKBPartition:
         meta = self.store.get(self.prefix + META)
         obj = loads(meta) if meta else {}
         self.seq, self.n_p = int(obj.get("seq", 0)), int(obj.get("n", 0))
+        self.applied_next = int(obj.get("next", 0))
         local = self.store.get(self.prefix + LOCAL)
         self.changelog_next = int(loads(local)["changelog_next"]) if local else 0
         self.parked.clear()
@@ -266,6 +270,12 @@ class MeKBPartition:
 
         for rec in records:
             plan.next_offset = rec.offset + 1
+            if rec.offset < self.applied_next:
+                # Replayed after a crash between the changelog write and the offset
+                # commit: the state holds this record already, whatever the size of
+                # the event_id window.
+                plan.outcomes["duplicate"] += 1
+                continue
             self._one(rec, plan, before, touched, now)
 
         self._finish(plan, before, touched, now)
@@ -390,7 +400,12 @@ class MeKBPartition:
             })))
         if plan.changes:
             self.seq += 1
-            plan.changes[META] = dumps({"seq": self.seq, "n": self.n_p})
+            if plan.next_offset is not None:
+                self.applied_next = max(self.applied_next, plan.next_offset)
+            # `next`: the input offset the state has consumed up to (changelogged with
+            # the batch, so a restore knows it too).
+            plan.changes[META] = dumps({"seq": self.seq, "n": self.n_p,
+                                        "next": self.applied_next})
             plan.df_partials = [
                 (partial_key(self.partition, e), partial_value(self.seq, self.df_p.get(e, 0)))
                 for e in sorted(changed)

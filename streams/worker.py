@@ -1,13 +1,27 @@
 """The stream worker process: item agent, MeKB agent, df table, item table.
 
-Why aiokafka consumer groups rather than Faust agents on the hot path: the delivery
-guarantee below needs the input offset committed only after state, changelog and
-outputs are durable, a changelog restore that never trusts ListOffsets (wrong on
-Tansu), and one state write per user per batch. Faust's table/changelog machinery
-writes per key and per event and recovers via ListOffsets; its per-event stream
-pipeline alone costs more than the 20 k events/s budget here. The agents keep
-Faust's model (consumer group partitions, a changelogged RocksDB table per
-partition, global tables as replicas of compacted topics).
+The agents run on aiokafka consumer groups, not faust-streaming agents. They keep
+Faust's model (consumer-group partitions, a changelogged RocksDB table per partition,
+global tables as replicas of compacted topics) without its runtime, for reasons
+measured here (faust-streaming 0.15.3, mode-streaming 0.7.1, aiokafka 0.14.0, the
+embedded Tansu broker, 2 shared cores; `bench/bench_streams.py --faust`):
+- Throughput: a Faust agent whose body only counts what `stream.take(10_000,
+  within=0.2)` yields (raw serializers, no state, web off) reads 9-14 k events/s,
+  against 170-570 k/s for a raw aiokafka consumer on the same topic in the same
+  run. The per-event pipeline (conductor -> topic channel queue -> stream
+  iterator -> take() processor) costs ~11 event-loop callbacks, 4 tasks and 2
+  `mode` wait_first calls per event (cProfile), before any MeKB work: a Faust
+  runtime cannot reach the 20 k interactions/s target.
+- Commit order: take() acks the buffered events in a `finally` when the body
+  resumes the generator — also when the body raised, so a failed batch would be
+  committed by Faust's periodic commit unless the process died first.
+- Exactly-once: Faust commits offsets through its own per-partition transactional
+  producers (`{group}-{tpg.group}-{partition}`); outputs, changelog and df partials
+  would have to go through that TransactionManager record by record (no batch
+  sends) to share the offsets' transaction.
+- Recovery: Faust tables recover to ListOffsets LATEST, which Tansu answers wrongly
+  (see mekb/kafka_config.py); the restore here reads to a marker instead, writes one
+  state record per user per batch, and needs no one-record changelog batches.
 
 Commit order of one batch (MeKB agent), per assigned partition p:
   1. outputs for p (dead letters, training examples, mekb-updates, forwarded
@@ -19,10 +33,11 @@ Commit order of one batch (MeKB agent), per assigned partition p:
      after every restore, so a crash between 2 and 4 loses nothing);
   5. input offsets committed.
 Delivery guarantee on Tansu (at-least-once + idempotent state): a crash anywhere
-replays from the last committed offset; events already in the state are dropped
-by the per-user event_id window, so users' counts, df(e) and N are exactly-once in
-effect. Outputs are at-least-once: a crash between 1 and 2 re-emits them (same
-example_id / same user version). With MEKB_EXACTLY_ONCE on Apache Kafka, 1, 2, 4
+replays from the last committed offset; records the state already holds are dropped
+by the consumed input offset in the changelogged partition meta, and duplicates the
+producer wrote are dropped by the per-user event_id window, so users' counts, df(e)
+and N are exactly-once in effect. Outputs are at-least-once: a crash between 1 and 2
+re-emits them (same example_id / same user version). With MEKB_EXACTLY_ONCE on Apache Kafka, 1, 2, 4
 and 5 run in one producer transaction (RocksDB is written after it commits).
 """
 
