@@ -281,6 +281,12 @@ class Settings(BaseSettings):
         description="How often serving re-reads the registry's ACTIVE pointer (besides "
         "model-updates events).",
     )
+    serving_swap_prewarm_s: float = Field(
+        default=5.0, ge=0.0, le=600.0,
+        description="Before switching to a model with another user tower, seconds spent "
+        "precomputing the most recently used users with it (0 = switch at once; the first "
+        "requests after the switch are then cache misses).",
+    )
 
     # --- trainer ---
     trainer_port: int = Field(

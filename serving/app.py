@@ -37,6 +37,7 @@ from serving.service import EmbeddingService, UserEmbedding
 logger = logging.getLogger(__name__)
 
 USER_ID_MAX = 256
+SCORE_WINDOW_S = 300.0
 DOMAIN_MAX = 128
 # Module level: with postponed annotations FastAPI resolves these names in the module.
 UserId = Annotated[str, Path(min_length=1, max_length=USER_ID_MAX, description="user id")]
@@ -49,6 +50,7 @@ class ApiConfig:
     max_batch_ids: int = 256
     max_k: int = 1000
     max_body_bytes: int = 1 << 20
+    score_window_s: float = SCORE_WINDOW_S
     title: str = "MeKB-Stream embedding service"
     extra_startup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     extra_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -157,6 +159,10 @@ def create_app(
     cfg = config or ApiConfig()
     registry: Registry = manager.registry
     other_items: dict[str, ItemSet] = {}  # items of non-active versions, small LRU
+    from monitoring.score_drift import ScoreDriftTracker
+
+    # Served-score drift (docs/metrics.md): 5-minute windows of recommendation scores.
+    score_drift = ScoreDriftTracker(cfg.score_window_s)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -284,6 +290,9 @@ def create_app(
         take = min(k, n)
         top = np.argpartition(-scores, take - 1)[:take] if take else np.zeros(0, dtype=np.int64)
         top = top[np.argsort(-scores[top], kind="stable")]
+        psi = score_drift.observe(scores[top].tolist(), time.time())
+        if psi is not None:
+            service.metrics.score_psi.set(psi)
         return _json({
             "user_id": user_id, "domain": domain, "model_version": model.version,
             "mekb_version": emb.mekb_version, "cold_start": emb.cold_start,

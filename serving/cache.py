@@ -1,8 +1,10 @@
 """User embedding cache keyed by (user, MeKB version, user tower).
 
-One entry per user (LRU): the embedding of one MeKB version computed by one user
-tower. A lookup is a hit only when both match the user's latest applied MeKB
-version and the active model's tower, so a cached embedding is never older than
+One entry per (user, tower) (LRU): the embedding of the newest MeKB version that
+tower computed. Two towers coexist only around a swap: the new one is pre-warmed
+for the most recent users before the switch while the old one still serves.
+A lookup is a hit only when the entry's MeKB version is the user's latest applied
+one and its tower is the pinned model's, so a cached embedding is never older than
 the replica (freshness) and never from another model version (consistency).
 The tower key (serving.model.tower_key) is shared by an `items` refit and its
 parent, which use the same user tower.
@@ -29,34 +31,46 @@ class EmbeddingCache:
 
     def __init__(self, max_users: int) -> None:
         self.max_users = max_users
-        self._entries: OrderedDict[str, CachedEmbedding] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], CachedEmbedding] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, user_id: str, mekb_version: int, tower: str) -> CachedEmbedding | None:
-        entry = self._entries.get(user_id)
-        if entry is None or entry.mekb_version != mekb_version or entry.tower != tower:
+        entry = self._entries.get((user_id, tower))
+        if entry is None or entry.mekb_version != mekb_version:
             return None
-        self._entries.move_to_end(user_id)
+        self._entries.move_to_end((user_id, tower))
         return entry
 
     def get_any(self, user_id: str, tower: str) -> CachedEmbedding | None:
         """Whatever this tower computed for the user, however old (allow_stale)."""
-        entry = self._entries.get(user_id)
-        return entry if entry is not None and entry.tower == tower else None
+        return self._entries.get((user_id, tower))
 
     def put(self, user_id: str, entry: CachedEmbedding) -> None:
         if self.max_users <= 0:
             return
-        old = self._entries.get(user_id)
+        key = (user_id, entry.tower)
+        old = self._entries.get(key)
         # A late computation of an older MeKB version never replaces a newer one.
-        if old is not None and old.tower == entry.tower and old.mekb_version > entry.mekb_version:
+        if old is not None and old.mekb_version > entry.mekb_version:
             return
-        self._entries[user_id] = entry
-        self._entries.move_to_end(user_id)
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
         while len(self._entries) > self.max_users:
             self._entries.popitem(last=False)
+
+    def recent_users(self, n: int) -> list[str]:
+        """Up to n distinct users, most recently used first."""
+        out: list[str] = []
+        seen: set[str] = set()
+        for user_id, _ in reversed(self._entries):
+            if user_id not in seen:
+                seen.add(user_id)
+                out.append(user_id)
+                if len(out) >= n:
+                    break
+        return out
 
     def clear(self) -> None:
         self._entries.clear()

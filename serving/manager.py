@@ -1,7 +1,9 @@
 """Which model version serves: follows the registry's ACTIVE pointer, hot-swaps safely.
 
 A new version is verified (sha256 of every file), loaded and warmed on a worker
-thread while the old one keeps serving; only then is it handed to
+thread while the old one keeps serving, then (another user tower) pre-warmed with
+the most recently used users for up to MEKB_SERVING_SWAP_PREWARM_S; only then is it
+handed to
 `EmbeddingService.activate` (one reference assignment). A version that fails is
 counted, logged and remembered, so a broken publication is not retried in a loop;
 the old version keeps serving.
@@ -38,11 +40,13 @@ class ModelManager:
         *,
         loader: Loader | None = None,
         announcer: Announcer | None = None,
+        prewarm_s: float = 0.0,
     ) -> None:
         self.registry = registry
         self.service = service
         self.loader: Loader = loader or partial(load_model)
         self.announcer = announcer
+        self.prewarm_s = prewarm_s
         self.failed: dict[str, str] = {}  # version -> reason (not retried automatically)
         self._lock = asyncio.Lock()
 
@@ -65,6 +69,7 @@ class ModelManager:
             raise
         metrics.model_load_seconds.observe(time.perf_counter() - start)
         self.failed.pop(version, None)
+        await self.service.prewarm(model, self.prewarm_s)
         return model
 
     async def sync(self) -> bool:

@@ -6,7 +6,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Cache hits are sub-millisecond, misses tens of ms to seconds on CPU.
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
 )
 LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -111,5 +112,11 @@ class ServingMetrics:
         self.ready = Gauge(
             "mekb_serving_ready",
             "1 when a model version is loaded and the replica has caught up (/readyz).",
+            registry=registry,
+        )
+        self.score_psi = Gauge(
+            "mekb_serving_score_psi",
+            "PSI of the served recommendation scores, last window vs the one before "
+            "(monitoring/score_drift.py).",
             registry=registry,
         )

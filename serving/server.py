@@ -100,6 +100,7 @@ def build(settings: Settings, *, kafka: bool = True) -> Server:
     manager = ModelManager(
         registry, service, loader=loader,
         announcer=(lambda v: announce(settings, v, timeout_s=5.0)) if kafka else None,
+        prewarm_s=settings.serving_swap_prewarm_s,
     )
     stop = asyncio.Event()
     wake = asyncio.Event()

@@ -112,12 +112,37 @@ class EmbeddingService:
         self.metrics.model_info.labels(model.version, model.kind, model.provider).set(1)
         self.metrics.model_swaps.inc()
         if previous is None or previous.tower != model.tower:
-            # The cached embeddings belong to the old tower: re-encode the recent users.
-            recent = list(self.cache._entries)[-REWARM_USERS:]
-            self._enqueue(reversed(recent))
+            # The cached embeddings belong to the old tower: re-encode the recent users
+            # that the pre-warm did not reach (skipped by the refresher if cached).
+            self._enqueue(self.cache.recent_users(REWARM_USERS))
         logger.info("active model %s (was %s)", model.version,
                     previous.version if previous else None)
         return previous
+
+    async def prewarm(self, model: LoadedModel, budget_s: float,
+                      max_users: int = REWARM_USERS) -> int:
+        """Before a switch to another user tower: encode the most recently used users with
+        the NEW model (refresh priority: requests on the old model go first) for at most
+        `budget_s`, so the first requests after the swap are cache hits. Returns users done."""
+        current = self.model
+        if budget_s <= 0 or current is None or current.tower == model.tower:
+            return 0
+        deadline = time.monotonic() + budget_s
+        users = self.cache.recent_users(max_users)
+        done = 0
+        for start in range(0, len(users), self.refresh_batch):
+            if time.monotonic() >= deadline:
+                break
+            batch: dict[Key, tuple[UserRecord, list[int]]] = {}
+            for user_id in users[start:start + self.refresh_batch]:
+                rec = self.replica.get(user_id)
+                if rec is not None and self.cache.get(user_id, rec.version, model.tower) is None:
+                    batch[(user_id, rec.version, model.tower)] = (rec, [])
+            if batch:
+                await self._compute_shared(model, batch, "refresh")
+                done += len(batch)
+        logger.info("pre-warmed %d users for %s", done, model.version)
+        return done
 
     # --- replica updates -----------------------------------------------------------
     def on_applied(self, result: ApplyResult) -> None:

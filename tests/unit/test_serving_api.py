@@ -52,16 +52,19 @@ def _update(user: str, version: int, titles: list[str], seen: list[str] = (),
 
 
 class Harness:
-    def __init__(self, registry: Registry, api_keys: tuple[str, ...] = (USER_KEY,)) -> None:
+    def __init__(self, registry: Registry, api_keys: tuple[str, ...] = (USER_KEY,),
+                 score_window_s: float = 300.0) -> None:
         self.prom = CollectorRegistry()
         self.metrics = ServingMetrics(self.prom)
         self.replica = Replica(None)
         self.service = EmbeddingService(self.replica, self.metrics, refresh_max_lag_s=30)
         self.manager = ModelManager(registry, self.service,
-                                    loader=lambda r, v: load_model(r, v, device="cpu"))
+                                    loader=lambda r, v: load_model(r, v, device="cpu"),
+                                    prewarm_s=10.0)
         self.service.replica_caught_up = True
         self.offset = 0
-        cfg = ApiConfig(api_keys=api_keys, admin_key=ADMIN_KEY, max_batch_ids=4, max_k=50)
+        cfg = ApiConfig(api_keys=api_keys, admin_key=ADMIN_KEY, max_batch_ids=4, max_k=50,
+                        score_window_s=score_window_s)
         cfg.extra_startup.append(self.manager.sync)
         self.app = create_app(self.service, self.manager, self.prom, cfg)
 
@@ -213,6 +216,7 @@ def test_admin_activate_and_rollback_swap_versions(registry) -> None:
         assert registry.active_version() == V2
         after = client.get("/v1/users/s1/embedding").json()
         assert after["model_version"] == V2 and after["embedding"] != before["embedding"]
+        assert after["cached"] is True  # pre-warmed by V2 before the switch
         np.testing.assert_allclose(after["embedding"], _expected(registry, V2, ["Dune"]),
                                    rtol=1e-5, atol=1e-5)
         models = client.get("/v1/models").json()
@@ -272,3 +276,22 @@ def test_not_ready_without_model(tmp_path: Path) -> None:
         assert ready.status_code == 503 and ready.json()["model_version"] is None
         resp = client.get("/v1/users/u1/embedding")
         assert resp.status_code == 503 and "no model" in resp.json()["detail"]
+
+
+def test_served_score_drift_is_exported(registry) -> None:
+    h = Harness(registry, score_window_s=1.0)
+    with TestClient(h.app, headers={"X-API-Key": USER_KEY}) as client:
+        for n in range(3):  # three windows, each >= 200 scores (4 per request)
+            h.apply(client, _update(f"p{n}", 1, [f"Title {n}", "Other"]))
+            client.get(f"/v1/users/p{n}/recommendations", params={"domain": "movies"})
+            start, sent = time.monotonic(), 1
+            while sent < 80 and time.monotonic() - start < 0.85:
+                client.get(f"/v1/users/p{n}/recommendations", params={"domain": "movies"})
+                sent += 1
+            assert sent >= 50, "too slow to fill a window"
+            time.sleep(max(0.0, 1.05 - (time.monotonic() - start)))
+        client.get("/v1/users/p0/recommendations", params={"domain": "movies"})  # closes it
+        line = [x for x in client.get("/metrics").text.splitlines()
+                if x.startswith("mekb_serving_score_psi ")][0]
+        # different users score the items differently: the windows' distributions differ
+        assert float(line.split()[1]) > 0.0
