@@ -133,6 +133,7 @@ class OnlineTrainer:
         self.offsets: dict[str, int] = dict(state.offsets)  # next offset, all consumed
         self.since_publish = int(extra.get("since_publish", 0))
         self.since_checkpoint = 0
+        self.state_dirty = False  # state changed without new weights (a publication)
         self.last_checkpoint_at = time.time()
         self.last_publish_try = state.last_publish_at or time.time()
         if state.last_refit_at <= 0:
@@ -237,8 +238,9 @@ class OnlineTrainer:
         if now - self.state.last_refit_at >= s.trainer_refit_interval_s:
             self.refit(now)
             return self.checkpoint_and_offsets()
-        if (self.since_checkpoint or self.pending) and \
-                now - self.last_checkpoint_at >= s.trainer_checkpoint_interval_s:
+        dirty = self.since_checkpoint or self.pending or self.state_dirty or \
+            self.offsets != self.state.offsets
+        if dirty and now - self.last_checkpoint_at >= s.trainer_checkpoint_interval_s:
             return self.checkpoint_and_offsets()
         return None
 
@@ -259,6 +261,7 @@ class OnlineTrainer:
         tensors = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         ckpt = self.store.save(st, tensors, self.optimizer.state_dict())
         self.since_checkpoint = 0
+        self.state_dirty = False
         self.last_checkpoint_at = time.time()
         logger.info("checkpoint %s (step %d, %d examples, offsets %s)", ckpt.path.name,
                     st.step, st.examples_seen, st.offsets)
@@ -308,6 +311,9 @@ class OnlineTrainer:
         self.state.parent_version = version
         self.state.last_publish_at = mv.created_at
         self.state.extra.pop("publishing", None)
+        # Recorded by the next checkpoint; a restart before it finds the publication
+        # done and only activates/announces it again.
+        self.state_dirty = True
         self._after_publish(mv)
         return mv
 
