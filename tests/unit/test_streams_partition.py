@@ -230,3 +230,24 @@ def test_a_replayed_batch_changes_nothing_even_beyond_the_event_id_window() -> N
     assert replay.outcomes["duplicate"] == 10 and replay.outcomes["applied"] == 1
     assert h.counts("u") == {"kb:Nolan": 11.0}
     assert not [o for o in h.outputs(replay, "training-examples") if o["example_id"] != "e10"]
+
+
+def test_item_agent_relinks_a_changed_item_only() -> None:
+    from mekb.events import ItemEvent
+    from streams.items import item_digest, prepare
+
+    catalog = ItemCatalog()
+    body = {"item_id": "i1", "domain": "action", "title": "Inception", "ts": 1.0}
+    first = ItemEvent.model_validate(body)
+    catalog.put(LinkedItem("i1", "action", (("kb:Inception", "Inception", 1.0),),
+                           item_digest(first)))
+
+    def rec(offset: int, **change: object) -> InRecord:
+        return InRecord(offset, b"i1", json.dumps({**body, **change}).encode(), "items")
+
+    same = prepare([rec(0, ts=9.0)], 0, catalog)  # only the time moved
+    assert not same.to_link and same.outcomes["unchanged"] == 1
+    changed = prepare([rec(1, title="Old"), rec(2, title="Inception 2"),
+                       InRecord(3, b"i1", b"{", "items")], 0, catalog)
+    assert [i.title for i in changed.to_link] == ["Inception 2"]  # the batch's latest wins
+    assert changed.outcomes["dead_letter"] == 1 and changed.next_offset == 4
