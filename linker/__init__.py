@@ -1,4 +1,4 @@
-"""linker: entity linking of item text (see docs/architecture.md and README "Entity linking").
+"""linker: entity linking of item text (see docs/architecture.md and README "Linking").
 
 `build_linker(settings)` returns the configured `Linker`; `AliasTable.build(path, rows)`
 makes a small real alias table (tests); `linker.default.ensure_default_table(settings)`

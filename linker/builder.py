@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -107,7 +107,9 @@ class TableBuilder:
         self._pending = {}
 
     # --- merging -------------------------------------------------------
-    def _merged(self, files: list[IO[str]]) -> Iterator[tuple[str, list[tuple[str, int]]]]:
+    def _merged(
+        self, files: Sequence[IO[str]]
+    ) -> Iterator[tuple[str, list[tuple[str, int]]]]:
         """(key, [(title, count), ...]) per mention key, in key order."""
         current: str | None = None
         rows: list[tuple[str, int]] = []

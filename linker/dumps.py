@@ -15,7 +15,7 @@ import os
 import zlib
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from linker.errors import DumpError
 
@@ -37,7 +37,7 @@ class DumpReader(io.RawIOBase):
             self._stream = bz2.BZ2File(self._raw)
             self.kind = "bzip2"
         elif name.endswith(".gz"):
-            self._stream = gzip.GzipFile(fileobj=self._raw)
+            self._stream = cast(IO[bytes], gzip.GzipFile(fileobj=self._raw))
             self.kind = "gzip"
         else:
             self._stream = self._raw

@@ -28,11 +28,8 @@ def build_linker(settings: Settings) -> Linker:
     from linker.domain import Weights
 
     table = AliasTable.open(alias_table_path(settings))
-    common = dict(
-        weights=Weights.from_settings(settings),
-        min_prior=settings.linker_min_prior,
-        min_count=settings.linker_min_count,
-    )
+    weights = Weights.from_settings(settings)
+    min_prior, min_count = settings.linker_min_prior, settings.linker_min_count
     try:
         if settings.linker_mode == "ner":
             from linker.ner import NerLinker, load_pipeline
@@ -40,11 +37,11 @@ def build_linker(settings: Settings) -> Linker:
             return NerLinker(
                 table, load_pipeline(settings.spacy_model),
                 batch_size=settings.linker_batch_size, n_process=settings.linker_n_process,
-                **common,  # type: ignore[arg-type]
+                weights=weights, min_prior=min_prior, min_count=min_count,
             )
         from linker.dictionary import DictionaryLinker
 
-        return DictionaryLinker(table, **common)  # type: ignore[arg-type]
+        return DictionaryLinker(table, weights=weights, min_prior=min_prior, min_count=min_count)
     except BaseException:
         table.close()
         raise

@@ -11,11 +11,14 @@ import logging
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
+
+import regex
 
 from linker.alias_table import AliasTable, Candidate
 from linker.base import LinkedEntity, Linker, dedupe
 from linker.domain import Weights, domain_entities
-from linker.normalize import Token, clean_item_title, spans, words
+from linker.normalize import clean_item_title, mention_key, spans, words
 from mekb.events import ItemEvent
 
 logger = logging.getLogger(__name__)
@@ -32,10 +35,15 @@ STOPWORDS = words(
     to too under until up very was we were what when where which while who whom why will
     with would you your yours yourself"""
 )
+_SENTENCE_END = regex.compile(r"[.!?。！？](?:\s|$)")
+# Lowercase words inside names: "Leonardo da Vinci", "Ludwig van Beethoven".
+NAME_PARTICLES = words(
+    "al bin da das de dei del della der di do dos du e el ibn la le los las ten ter "
+    "van von y zu"
+)
 
 
-@dataclass(frozen=True)
-class Mention:
+class Mention(NamedTuple):  # a tuple: built for every mention, so cheap to make
     """A detected mention: `key` is its alias-table key, `text` the surface form."""
 
     key: str
@@ -69,8 +77,15 @@ def item_texts(item: ItemEvent) -> list[str]:
     return [title, item.text] if item.text else [title]
 
 
-def _is_cased(text: str) -> bool:
-    return any(c.isupper() for c in text) and any(c.islower() for c in text)
+def at_sentence_start(text: str, start: int) -> bool:
+    """True when `text[start:]` begins the text or a sentence."""
+    head = text[:start].rstrip(" \t\n\"'“‘(")
+    return not head or head[-1] in ".!?。！？"
+
+
+def is_cased(text: str) -> bool:
+    """Text with both capitals and lowercase letters (case filters apply)."""
+    return text.lower() != text and text.upper() != text
 
 
 def acceptable(key: str, surface: str, *, cased_text: bool) -> bool:
@@ -84,33 +99,78 @@ def acceptable(key: str, surface: str, *, cased_text: bool) -> bool:
       ("directed", "comedy" in running text) stay unlinked, while names ("Comedy" as
       a genre label, "iPhone") link. Scripts without case (Chinese, Japanese, Thai)
       pass, and so does text written all in one case.
+
+    `capitalised_name` and the sentence-start rule in `longest_matches` add what
+    needs the table.
     """
     compact = key.replace(" ", "")
     if len(compact) < 2 or compact.isdigit():
         return False
     toks = key.split(" ")
-    if all(tok in STOPWORDS for tok in toks):
+    if STOPWORDS.issuperset(toks):
         return False
     if cased_text and toks[0] in STOPWORDS and surface[:1].islower():
         return False  # "in London", "the Beatles": the name starts after the function word
-    if cased_text and not any(c.isupper() for c in surface):
-        return not any(c.islower() for c in surface)  # uncased scripts
+    if cased_text and surface.lower() == surface:  # no capital letter
+        return surface.upper() == surface  # no lowercase either: a script without case
     return True
 
 
-def longest_matches(
-    table: AliasTable, text: str, tokens: list[Token] | None = None
-) -> list[Mention]:
+def capitalised_name(table: AliasTable, key: str, surface: str) -> bool:
+    """In running text a name capitalises its words, except function words, name
+    particles ("Leonardo da Vinci") and, in some titles, words after a capitalised
+    head ("Han dynasty"): a lowercase content word is accepted only there, and only
+    when the words are the entity's own title. So "ancient Rome" links "Rome" and
+    "the Yorkshire moors" (an alias of North York Moors) links "Yorkshire".
+    """
+    if " " not in surface:
+        return True  # one word: `acceptable` has seen its capital
+    words = surface.split()
+    if not any(word.islower() for word in words):
+        return True
+    keys = [mention_key(word) for word in words]
+    content = [_lower_content(w, k) for w, k in zip(words, keys, strict=True)
+               if k not in STOPWORDS]
+    if not any(content):
+        return True
+    if content[0]:
+        return False  # "ancient Rome", "A romance": the first content word is lowercase
+    cands = table.candidates(key)
+    return bool(cands) and mention_key(cands[0].title) == key
+
+
+def _lower_content(word: str, key: str) -> bool:
+    """`word` (with key `key`) is lowercase and neither a function word nor a name
+    particle; words of scripts without case never are."""
+    if not word.islower():
+        return False
+    if len(word) < 2 or (not word.isalpha() and sum(c.isalpha() for c in word) < 2):
+        return False
+    return key not in STOPWORDS and key not in NAME_PARTICLES
+
+
+def running_text(text: str) -> bool:
+    """True for running text - a content word in lowercase, or a sentence end - and
+    False for titles and headlines, where every word is capitalised."""
+    return _SENTENCE_END.search(text) is not None or any(
+        _lower_content(w, mention_key(w)) for w in text.split() if w.islower()
+    )
+
+
+def longest_matches(table: AliasTable, text: str) -> list[Mention]:
     """Greedy left-to-right longest match of table keys on token boundaries.
 
     At each token one trie call lists every key that starts there; the longest one
-    that passes `acceptable` wins and matching resumes after it.
+    that passes the filters (`acceptable`, `capitalised_name`, and at the start of a
+    sentence of running text `names_entity`) wins and matching resumes after it. In
+    cased text no mention can start at a lowercase word (a function word, or a
+    content word: see the filters), so such tokens are skipped without a lookup.
     """
-    if tokens is None:
-        text, tokens = spans(text)
+    text, tokens = spans(text)
     if not tokens:
         return []
-    cased = _is_cased(text)
+    cased = is_cased(text)
+    running: bool | None = None  # running_text(text), computed on first need
     keys = [t.key for t in tokens]
     joined = " ".join(keys)
     n = len(tokens)
@@ -129,20 +189,50 @@ def longest_matches(
     out: list[Mention] = []
     i = 0
     while i < n:
+        tok = tokens[i]
+        if cased and tok.text.islower() and (
+            tok.key in STOPWORDS or _lower_content(tok.text, tok.key)
+        ):  # (the common case: most words of running text)
+            i += 1
+            continue
         suffix = joined[starts[i] : seg_end[i]]
         found = table.prefixes(suffix)
         advance = 1
         if found:
-            ends = [f for f in found if len(f) == len(suffix) or suffix[len(f)] == " "]
+            bounded = suffix + " "  # keys must end where a token does
+            ends = [f for f in found if bounded[len(f)] == " "]
             for key in sorted(ends, key=len, reverse=True):
                 j = i + key.count(" ")
-                surface = text[tokens[i].start : tokens[j].end]
-                if acceptable(key, surface, cased_text=cased):
-                    out.append(Mention(key, surface, tokens[i].start, tokens[j].end))
-                    advance = j - i + 1
-                    break
+                surface = text[tok.start : tokens[j].end]
+                if not acceptable(key, surface, cased_text=cased):
+                    continue
+                if cased and not capitalised_name(table, key, surface):
+                    continue
+                if cased and tok.sent and i == j:
+                    if running is None:
+                        running = running_text(text)
+                    if running and not names_entity(table, key):
+                        continue
+                out.append(Mention(key, surface, tok.start, tokens[j].end))
+                advance = j - i + 1
+                break
         i += advance
     return out
+
+
+def names_entity(table: AliasTable, key: str) -> bool:
+    """True when `key` is its best entity's own title, or the last words of it.
+
+    Evidence that a capitalised word is a name where capitals say nothing (the start
+    of a sentence): "Inception, directed by ..." (the title) and "Beethoven's Ninth"
+    (the surname of Ludwig van Beethoven) link, while "Directed" (-> Director) and
+    "Genres" (-> Genre), variants of a common noun's title, do not.
+    """
+    cands = table.candidates(key)
+    if not cands:
+        return False
+    title = mention_key(cands[0].title)
+    return title == key or title.endswith(" " + key)
 
 
 class TableLinker(Linker):
@@ -199,13 +289,12 @@ class TableLinker(Linker):
 
     def link_many(self, items: Sequence[ItemEvent]) -> list[list[LinkedEntity]]:
         out = []
+        kb = self.weights.kb
         for item, links in zip(items, self.links_many(items), strict=True):
-            ents = [
-                LinkedEntity(lk.candidate.entity_id, lk.candidate.title, self.weights.kb,
-                             round(lk.candidate.prior, 6))
-                for lk in links
-                if lk.candidate is not None and self.weights.kb > 0
-            ]
+            # one entity per candidate, from its first mention (what `dedupe` keeps)
+            first = {lk.candidate: None for lk in links if lk.candidate is not None}
+            ents = [LinkedEntity(c.entity_id, c.title, kb, round(c.prior, 6))
+                    for c in first] if kb > 0 else []
             ents.extend(domain_entities(item, self.weights))
             out.append(dedupe(ents))
         return out

@@ -18,7 +18,17 @@ from typing import Any
 
 from linker.alias_table import AliasTable
 from linker.errors import LinkerError
-from linker.matching import Mention, TableLinker, acceptable, item_texts, longest_matches
+from linker.matching import (
+    Mention,
+    TableLinker,
+    acceptable,
+    at_sentence_start,
+    is_cased,
+    item_texts,
+    longest_matches,
+    names_entity,
+    running_text,
+)
 from linker.normalize import clean_item_title, mention_key
 from mekb.events import ItemEvent
 
@@ -86,10 +96,13 @@ class NerLinker(TableLinker):
         self.batch_size = batch_size
         self.n_process = n_process
 
-    def _span_mentions(self, text: str, start: int, end: int) -> list[Mention]:
+    def _span_mentions(self, text: str, start: int, end: int, running: bool) -> list[Mention]:
         surface = text[start:end]
         key = mention_key(surface)
         if key and key in self.table and acceptable(key, surface, cased_text=False):
+            if (running and " " not in key and at_sentence_start(text, start)
+                    and not names_entity(self.table, key)):
+                return []  # "Genres: ..." tagged as a name: see `names_entity`
             return [Mention(key, surface, start, end)]
         inner = longest_matches(self.table, surface)
         return [Mention(m.key, m.text, m.start + start, m.end + start) for m in inner]
@@ -100,10 +113,11 @@ class NerLinker(TableLinker):
         docs = self.nlp.pipe(texts, batch_size=self.batch_size, n_process=self.n_process)
         for text, doc in zip(texts, docs, strict=True):
             mentions = []
+            running = is_cased(text) and running_text(text)
             for ent in doc.ents:
                 if ent.label_ in SKIP_LABELS:
                     continue
-                mentions.extend(self._span_mentions(text, ent.start_char, ent.end_char))
+                mentions.extend(self._span_mentions(text, ent.start_char, ent.end_char, running))
             out.append(mentions)
         return out
 

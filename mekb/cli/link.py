@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from mekb.cli.common import CliError, settings_with
+
+if TYPE_CHECKING:
+    from linker.matching import Link
 
 
 def link(
@@ -25,7 +29,17 @@ def link(
     min_prior: float = typer.Option(None, "--min-prior", help="AT@1 minimum prior."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per text or item."),
 ) -> None:
-    """Print the entities of a text or of each item, with priors p(e|m)."""
+    """Print the entities of a text or of each item, with priors p(e|m).
+
+    For a TEXT: every mention found, the entity AT@1 chose (highest prior) and its
+    prior, or "unlinked" when the top candidate is below --min-prior. For --file:
+    each item's weighted entities (knowledge base 1.0, brand 0.5, category 0.3,
+    product 0.1 by default) and a count of linked and unlinked mentions.
+
+    Examples: mekb link "Inception, directed by Christopher Nolan" ;
+    mekb link --mode ner --json "Abbey Road by the Beatles" ;
+    mekb link --file items.jsonl
+    """
     from linker.factory import build_linker
     from linker.matching import TableLinker
     from mekb.events import EventError, parse_item
@@ -72,7 +86,7 @@ def link(
         linker.close()
 
 
-def _print_links(links: list, as_json: bool) -> None:  # type: ignore[type-arg]
+def _print_links(links: list[Link], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps({"mentions": [
             {"text": lk.mention.text, "start": lk.mention.start, "end": lk.mention.end,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -23,7 +24,7 @@ def _target(out: Path | None) -> Path:
     return out or alias_table_path(settings_with())
 
 
-def _report(meta: dict) -> None:  # type: ignore[type-arg]
+def _report(meta: dict[str, Any]) -> None:
     typer.echo(
         f"built {meta.get('mentions', 0):,} mentions ({meta.get('links', 0):,} links) from "
         f"{meta.get('source')} in {meta.get('build_seconds')} s"

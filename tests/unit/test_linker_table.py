@@ -177,3 +177,85 @@ def test_foreign_or_damaged_table_is_refused(tmp_path: Path) -> None:
     (path / "meta.json").write_text(json.dumps({**meta, "normalisation": 99}))
     with pytest.raises(AliasTableError, match="normalisation"):
         AliasTable.open(path)
+
+
+CASE_ROWS = [
+    ("Rome", "Rome", 5),
+    ("Ancient Rome", "Ancient Rome", 3),
+    ("Han dynasty", "Han Dynasty", 2),
+    ("Yorkshire", "Yorkshire", 4),
+    ("Yorkshire moors", "North York Moors", 1),
+    ("directed", "Director", 2),
+    ("genres", "Genre", 2),
+    ("Beethoven", "Ludwig van Beethoven", 6),
+    ("Ludwig van Beethoven", "Ludwig van Beethoven", 6),
+    ("Inception", "Inception", 5),
+    ("Leonardo da Vinci", "Leonardo da Vinci", 5),
+]
+
+
+@pytest.fixture
+def case_table(tmp_path: Path) -> AliasTable:
+    t = AliasTable.build(tmp_path / "case", CASE_ROWS)
+    yield t
+    t.close()
+
+
+def kb_ids(table: AliasTable, text: str, title: str = "Something") -> list[str]:
+    linker = DictionaryLinker(table, weights=Weights(product=0))
+    return [e.entity_id for e in linker.link(item(text, title=title))]
+
+
+def test_lowercase_content_words_are_not_part_of_a_name(case_table: AliasTable) -> None:
+    # "ancient" is lowercase: the name is "Rome"; "moors" likewise, and "Yorkshire
+    # moors" is only an alias, so "Yorkshire" links
+    assert kb_ids(case_table, "A film set in ancient Rome.") == ["kb:Rome"]
+    assert kb_ids(case_table, "It is set on the Yorkshire moors.") == ["kb:Yorkshire"]
+    # a lowercase word after a capitalised head is kept when it is the entity's title
+    assert kb_ids(case_table, "It is set during the Han dynasty.") == ["kb:Han Dynasty"]
+    # name particles stay inside the name
+    assert kb_ids(case_table, "A portrait by Leonardo da Vinci.") == ["kb:Leonardo da Vinci"]
+
+
+def test_sentence_start_needs_a_name_not_a_variant(case_table: AliasTable) -> None:
+    text = "Inception (2010). Directed by someone else. Genres: drama and more."
+    assert kb_ids(case_table, text) == ["kb:Inception"]  # its own title at the start
+    # a surname of the entity's title is a name even at the start of a sentence
+    assert kb_ids(case_table, "Beethoven's last work, in a new recording.") == [
+        "kb:Ludwig van Beethoven"
+    ]
+    # mid-sentence, capitals are evidence: the variant links
+    assert kb_ids(case_table, "It was Directed and Genres all along.") == [
+        "kb:Director", "kb:Genre"
+    ]
+    # a sentence end makes running text even with every word capitalised
+    assert kb_ids(case_table, "Directed by Ludwig van Beethoven.") == [
+        "kb:Ludwig van Beethoven"
+    ]
+    # titles and headlines (every word capitalised) are not running text
+    assert kb_ids(case_table, "Directed", title="Directed") == ["kb:Director"]
+
+
+def test_sentence_start_helper() -> None:
+    from linker.matching import at_sentence_start
+
+    text = 'Fine. "Genres" here, and Rome'
+    assert at_sentence_start(text, 0)
+    assert at_sentence_start(text, text.index("Genres"))
+    assert not at_sentence_start(text, text.index("Rome"))
+
+
+def test_labelled_quality_set_is_well_formed() -> None:
+    from collections import Counter
+
+    path = Path(__file__).parents[2] / "linker" / "data" / "labelled.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) >= 100
+    assert len({r["item_id"] for r in rows}) == len(rows)
+    domains = Counter(r["domain"] for r in rows)
+    assert set(domains) == {"movies", "books", "music"} and min(domains.values()) >= 30
+    for r in rows:
+        gold = {mention_key(t) for t in r["entities"]}
+        absent = {mention_key(t) for t in r.get("not_in_default", [])}
+        assert r["text"] and gold and len(gold) == len(r["entities"]), r["item_id"]
+        assert not gold & absent, r["item_id"]
