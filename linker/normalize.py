@@ -23,6 +23,7 @@ So "Spider-Man", "spider man" and "SPIDER_MAN" share the key "spider man", and
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import NamedTuple
 
@@ -33,6 +34,8 @@ _TOKEN = regex.compile(
     rf"[{_NO_SPACE_SCRIPTS}]|[[\p{{L}}\p{{N}}\p{{M}}]--[{_NO_SPACE_SCRIPTS}]]+|&",
     flags=regex.V1,
 )
+# The same tokens for ASCII text: the stdlib engine finds them about twice as fast.
+_ASCII_TOKEN = re.compile(r"[A-Za-z0-9]+|&")
 _YEAR_SUFFIX = regex.compile(r"\s*\((?:\d{4}|\d{4}[-–]\d{2,4})\)\s*$")
 _ARTICLE_SUFFIX = regex.compile(
     r"^(?P<head>.+?),\s+(?P<art>The|A|An|L'|Le|La|Les|Il|El|Los|Las|Der|Die|Das|Det|Den)"
@@ -73,6 +76,8 @@ def mention_key(text: str) -> str:
     separator), exactly as `spans` does, so both always agree.
     """
     nfkc = unicodedata.normalize("NFKC", text).replace("_", " ")
+    if nfkc.isascii():
+        return " ".join(_ASCII_TOKEN.findall(nfkc.lower())).replace("&", "and")
     return " ".join(_token_key(tok) for tok in _TOKEN.findall(nfkc))
 
 
@@ -98,7 +103,8 @@ def spans(text: str) -> tuple[str, list[Token]]:
     folded = nfkc.lower() if nfkc.isascii() else None
     out: list[Token] = []
     prev_end = 0
-    for m in _TOKEN.finditer(nfkc.replace("_", " ")):  # same length: offsets stay valid
+    pattern = _TOKEN if folded is None else _ASCII_TOKEN
+    for m in pattern.finditer(nfkc.replace("_", " ")):  # same length: offsets stay valid
         start, end = m.span()
         word = m.group()
         key = _token_key(word) if folded is None or word == "&" else folded[start:end]
