@@ -314,8 +314,10 @@ def create_app(
                 raise HTTPException(503, "no model version loaded yet")
             version, items = model.version, model.items
         else:
-            items = other_items.get(version)
-            if items is None:
+            cached_items = other_items.get(version)
+            if cached_items is not None:
+                items = cached_items
+            else:
                 try:
                     mv = registry.get(version)
                     items = load_items(mv.path, mv.files)

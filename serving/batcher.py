@@ -97,7 +97,9 @@ class DynamicBatcher:
         return np.stack(rows)
 
     def _take(self) -> tuple[Priority, list[_Item]] | None:
-        for priority, limit in (("request", self.max_batch), ("refresh", self.refresh_batch)):
+        order: tuple[tuple[Priority, int], ...] = (
+            ("request", self.max_batch), ("refresh", self.refresh_batch))
+        for priority, limit in order:
             queue = self._queues[priority]
             while queue and queue[0].future.done():
                 queue.popleft()  # cancelled
@@ -110,7 +112,7 @@ class DynamicBatcher:
                 if not item.future.done():
                     batch.append(item)
             if batch:
-                return priority, batch  # type: ignore[return-value]
+                return priority, batch
         return None
 
     async def _loop(self) -> None:

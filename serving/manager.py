@@ -109,7 +109,11 @@ class ModelManager:
         """Admin: re-activate the previously active version (loaded before the pointer moves)."""
         async with self._lock:
             current = self.registry.active_version()
-            stack = [v for v in self.registry._activation_stack() if v != current]
+            # The registry exposes no "rollback target" query; its activation stack is
+            # what Registry.rollback() itself pops. (mypy: `list` is shadowed in
+            # Registry's annotations by its method of that name.)
+            history = self.registry._activation_stack()
+            stack = [v for v in history if v != current]  # type: ignore[attr-defined]
             if current is None or not stack:
                 raise RegistryError("no earlier active version to roll back to")
             target = stack[-1]

@@ -54,7 +54,8 @@ class UserEmbedding:
 
 
 def _encode(model: Any, texts: list[str]) -> tuple[np.ndarray, float]:
-    return model.encode(texts)  # type: ignore[no-any-return]
+    out: tuple[np.ndarray, float] = model.encode(texts)
+    return out
 
 
 class EmbeddingService:

@@ -295,3 +295,16 @@ def test_served_score_drift_is_exported(registry) -> None:
                 if x.startswith("mekb_serving_score_psi ")][0]
         # different users score the items differently: the windows' distributions differ
         assert float(line.split()[1]) > 0.0
+
+
+def test_serve_settings_refuse_unsafe_combinations() -> None:
+    from mekb.settings import Settings
+    from serving.server import ServeConfigError, api_config
+
+    with pytest.raises(ServeConfigError, match="without API keys"):
+        api_config(Settings(serving_host="0.0.0.0"))
+    cfg = api_config(Settings(serving_host="0.0.0.0", serving_api_keys=" k1, k2 ,"))
+    assert cfg.api_keys == ("k1", "k2") and cfg.admin_key is None
+    with pytest.raises(ServeConfigError, match="differ"):
+        api_config(Settings(serving_api_keys="a,b", serving_admin_key="b"))
+    assert api_config(Settings()).api_keys == ()  # loopback without keys is allowed
