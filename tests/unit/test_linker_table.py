@@ -259,3 +259,16 @@ def test_labelled_quality_set_is_well_formed() -> None:
         absent = {mention_key(t) for t in r.get("not_in_default", [])}
         assert r["text"] and gold and len(gold) == len(r["entities"]), r["item_id"]
         assert not gold & absent, r["item_id"]
+
+
+@pytest.mark.parametrize("text", [
+    "Inception, directed by Christopher Nolan (2010).", "Secker & Warburg", "AC/DC's R&B",
+    "Guns N' Roses", "x_y&z 12 Monkeys", "J. K. Rowling; St. Louis!",
+])
+def test_ascii_fast_path_tokenises_like_the_unicode_pattern(text: str) -> None:
+    from linker.normalize import _TOKEN, _token_key, spans
+
+    source = text.replace("_", " ")
+    want = [(_token_key(m.group()), *m.span()) for m in _TOKEN.finditer(source)]
+    assert [(t.key, t.start, t.end) for t in spans(text)[1]] == want
+    assert mention_key(text) == " ".join(key for key, _, _ in want)
