@@ -335,8 +335,15 @@ class Settings(BaseSettings):
         default=5e-4, ge=0.0, description="Decoupled weight decay of the fine-tuning optimiser."
     )
     trainer_checkpoint_interval_s: float = Field(
-        default=60.0, gt=0.0,
-        description="Seconds between checkpoints (each followed by an offset commit).",
+        default=300.0, gt=0.0,
+        description="Seconds between checkpoints (each followed by an offset commit); a crash "
+        "retrains at most this much of the stream. A checkpoint of MiniLM with LAMB state is "
+        "~270 MB (3 kept).",
+    )
+    trainer_device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="Where the trainer fine-tunes: `auto` = CUDA when torch sees a GPU, else "
+        "CPU. Checkpoints and bundles are device-independent.",
     )
     trainer_publish_every: int = Field(
         default=5000, ge=0,

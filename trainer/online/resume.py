@@ -74,9 +74,21 @@ def pretrained(config: EmbedMeConfig) -> Start:
     return Start(EmbedMe(config), TrainerState(), None, "pretrained")
 
 
+def resolve_device(choice: str) -> str:
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
 def load_start(settings: Settings, store: CheckpointStore, registry: Registry,
                config: EmbedMeConfig) -> Start:
     start = from_checkpoint(store) or from_registry(registry) or pretrained(config)
+    device = resolve_device(settings.trainer_device)
+    if device != "cpu":
+        start.model.to(device)
+        logger.info("fine-tuning on %s", device)
     if start.model.config != config and start.source != "pretrained":
         logger.info("model config %s kept from the %s (settings ask %s)",
                     start.model.config, start.source, config)
