@@ -14,6 +14,7 @@ stack traces stay in the server log.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -37,6 +38,7 @@ from serving.service import EmbeddingService, UserEmbedding
 logger = logging.getLogger(__name__)
 
 USER_ID_MAX = 256
+ITEMS_PAGE_MAX = 50_000  # rows per /v1/items/embeddings page (~50 MB of JSON at K=256)
 SCORE_WINDOW_S = 300.0
 DOMAIN_MAX = 128
 # Module level: with postponed annotations FastAPI resolves these names in the module.
@@ -305,9 +307,12 @@ def create_app(
     async def item_embeddings(
         domain: Annotated[str | None, Query(max_length=DOMAIN_MAX)] = None,
         version: Annotated[str | None, Query(max_length=128)] = None,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=ITEMS_PAGE_MAX)] = ITEMS_PAGE_MAX,
     ) -> Response:
         """Item embeddings of one model version (default: the active one), optionally of
-        one domain, for backends that build their own ANN index."""
+        one domain, for backends that build their own ANN index. Paged: rows
+        [offset, offset + limit) of the version's (domain's) items; `total` is the count."""
         model = service.model
         if version is None or (model is not None and version == model.version):
             if model is None:
@@ -320,7 +325,9 @@ def create_app(
             else:
                 try:
                     mv = registry.get(version)
-                    items = load_items(mv.path, mv.files)
+                    # checksums + file reads: off the event loop
+                    items = await asyncio.get_running_loop().run_in_executor(
+                        None, load_items, mv.path, mv.files)
                 except VersionNotFound:
                     raise HTTPException(404, f"no model version {version!r}") from None
                 except RegistryError as exc:
@@ -331,14 +338,19 @@ def create_app(
                 while len(other_items) > 2:
                     other_items.pop(next(iter(other_items)))
         if domain is None:
-            ids, matrix = items.item_ids, items.matrix
+            total = len(items.item_ids)
+            ids = items.item_ids[offset:offset + limit]
+            matrix = items.matrix[offset:offset + limit]
         else:
             if domain not in items.domain_rows:
                 raise HTTPException(404, f"unknown domain {domain!r} in model {version}")
-            ids = [items.item_ids[int(r)] for r in items.domain_rows[domain]]
-            matrix = items.domain_matrix[domain]
-        return _json({"model_version": version, "domain": domain, "dim": int(matrix.shape[1]),
-                "item_ids": ids, "embeddings": matrix})
+            rows = items.domain_rows[domain]
+            total = len(rows)
+            ids = [items.item_ids[int(r)] for r in rows[offset:offset + limit]]
+            matrix = items.domain_matrix[domain][offset:offset + limit]
+        return _json({"model_version": version, "domain": domain, "dim": items.matrix.shape[1],
+                      "total": total, "offset": offset, "item_ids": ids,
+                      "embeddings": np.ascontiguousarray(matrix)})
 
     # --- models ---------------------------------------------------------------------------
     @app.get("/v1/models", dependencies=auth, tags=["models"])

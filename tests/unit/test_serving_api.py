@@ -185,6 +185,11 @@ def test_item_embeddings_of_a_named_version(harness, registry) -> None:
     assert active["embeddings"] != other["embeddings"]
     missing = client.get("/v1/items/embeddings", params={"version": "20990101T000000Z-ffffff"})
     assert missing.status_code == 404
+    page = client.get("/v1/items/embeddings", params={"domain": "movies", "offset": 1,
+                                                      "limit": 2}).json()
+    assert page["total"] == 4 and page["item_ids"] == ["m2", "m3"]
+    assert page["embeddings"] == active["embeddings"][1:3]
+    assert client.get("/v1/items/embeddings", params={"limit": 0}).status_code == 422
 
 
 def test_auth_user_and_admin_keys(registry) -> None:
