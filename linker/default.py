@@ -155,7 +155,7 @@ def ensure_default_table(
     settings: Settings, *, progress: bool = True, shards: tuple[str, ...] | None = None
 ) -> Path:
     """The alias table path of `settings`, building the default there if none exists
-    (about 1.5-2 min and 155 MB for all 5.9 M titles on the shared 2-core dev machine).
+    (2-4 min and 158 MB for all 5.9 M titles on the shared 2-core dev machine).
 
     Idempotent: an existing table (of any source) is left alone. `shards` (two-letter
     title prefixes) builds a partial table, for tests.
