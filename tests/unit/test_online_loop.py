@@ -271,3 +271,9 @@ def test_item_tower_refit_publishes_items_version(tmp_path: Path, tiny_encoder: 
     got = r.trainer.model.item_table.detach().numpy()
     np.testing.assert_allclose(got[[rows[i] for i in meta["item_ids"]]], table, rtol=1e-6)
     assert EmbedMeConfig.from_json(r.trainer.model.config.to_json()).dim == 16
+    # a refit with nothing trained since the previous one publishes nothing
+    rt = r.trainer
+    rt.refit(rt.state.last_refit_at + 6)
+    n_versions = len(r.registry.list())
+    assert rt.refit(rt.state.last_refit_at + 6) is None
+    assert len(r.registry.list()) == n_versions

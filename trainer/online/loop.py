@@ -365,10 +365,12 @@ class OnlineTrainer:
         self.state.last_refit_at = now
         active = self.registry.active()
         window = list(self.recent)
-        if active is None or not window:
+        fresh = self.state.examples_seen != self.state.extra.get("refit_examples_seen")
+        if active is None or not window or not fresh:
             logger.info("item refit skipped: %s", "no active version" if active is None
-                        else "no recent examples")
+                        else "no example trained since the last refit")
             return None
+        self.state.extra["refit_examples_seen"] = self.state.examples_seen
         tower = BundleScorer(active.path, cache=self.tower_cache)
         if tower.items.ndim != 2 or int(active.manifest.get("dim") or 0) != \
                 self.model.config.dim:
