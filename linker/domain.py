@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from linker.base import BRAND, CATEGORY, KB, PRODUCT, LinkedEntity
+from linker.base import BRAND, CATEGORY, PRODUCT, LinkedEntity
 from linker.normalize import display_key
 from mekb.events import ItemEvent
 
@@ -32,11 +32,6 @@ class Weights:
             category=settings.linker_weight_category,  # type: ignore[attr-defined]
             product=settings.linker_weight_product,  # type: ignore[attr-defined]
         )
-
-    def of(self, namespace: str) -> float:
-        return {KB: self.kb, BRAND: self.brand, CATEGORY: self.category, PRODUCT: self.product}[
-            namespace
-        ]
 
 
 def domain_entities(item: ItemEvent, weights: Weights) -> list[LinkedEntity]:
