@@ -143,6 +143,25 @@ def checkpoint_state(settings: Settings) -> dict[str, Any]:
     return dict(json.loads((root / name / "state.json").read_text()))
 
 
+def committed_offsets(settings: Settings) -> dict[str, int]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    from mekb.kafka_config import kafka_python_config
+
+    topic = settings.topic("training-examples")
+    consumer = KafkaConsumer(**kafka_python_config(settings), enable_auto_commit=False,
+                             group_id=settings.topic("mekb-trainer"))
+    try:
+        found = {}
+        for p in sorted(consumer.partitions_for_topic(topic) or []):
+            offset = consumer.committed(TopicPartition(topic, p))
+            if offset is not None:
+                found[f"{topic}:{p}"] = int(offset)
+        return found
+    finally:
+        consumer.close()
+
+
 def assert_consistent(registry: Registry) -> None:
     for mv in registry.list():
         registry.verify(mv.version)
@@ -244,3 +263,5 @@ def test_trainer_process_publishes_survives_sigkill_and_refits(
     state = checkpoint_state(tsettings)
     assert sum(state["offsets"].values()) == 120
     assert state["examples_seen"] >= 120 - len(state["extra"]["holdout"])
+    # step 4 of the order: the group's committed offsets are the checkpoint's
+    assert committed_offsets(tsettings) == state["offsets"]
