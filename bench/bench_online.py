@@ -55,7 +55,8 @@ def make_stream(n: int, n_items: int, seed: int) -> list[Any]:
     return out
 
 
-def run_once(max_tokens: int, n: int, batch: int, seed: int) -> dict[str, float]:
+def run_once(max_tokens: int, n: int, batch: int, seed: int,
+             freeze: int = 0) -> dict[str, float]:
     import torch
     from prometheus_client import CollectorRegistry
 
@@ -73,7 +74,7 @@ def run_once(max_tokens: int, n: int, batch: int, seed: int) -> dict[str, float]
         trainer_publish_every=0, trainer_publish_interval_s=0,
         trainer_refit_interval_s=1e9, trainer_checkpoint_interval_s=1e9,
         trainer_holdout_fraction=0.1, trainer_gate_min_examples=1,
-        trainer_gate_negatives=99,
+        trainer_gate_negatives=99, trainer_freeze_layers=freeze,
     )
     torch.manual_seed(seed)
     store = CheckpointStore(state_dir(settings) / "checkpoints")
@@ -128,6 +129,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--freeze-layers", type=int, nargs="+", default=[0],
+                        help="MEKB_TRAINER_FREEZE_LAYERS values to compare")
     args = parser.parse_args()
     import torch
 
@@ -137,16 +140,17 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"examples {args.examples}, batch {args.batch}, repeat {args.repeat}")
     for max_tokens in args.max_tokens:
-        runs = [run_once(max_tokens, args.examples, args.batch, seed) for seed in
-                range(args.repeat)]
-        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        print(f"max_tokens {max_tokens}: fine-tuning {med['train_rate']:.1f} examples/s "
-              f"(forward-only {med['forward_rate']:.1f}/s, ratio "
-              f"{med['train_rate'] / med['forward_rate']:.2f}); initial publish "
-              f"{med['initial_publish_s']:.1f} s; gated publish {med['publish_s']:.1f} s; "
-              f"refit {med['refit_s']:.1f} s over {med['refit_examples']:.0f} examples "
-              f"(loss {med['refit_loss_before']:.3f} -> {med['refit_loss_after']:.3f})")
-
+        for freeze in args.freeze_layers:
+            runs = [run_once(max_tokens, args.examples, args.batch, seed, freeze)
+                    for seed in range(args.repeat)]
+            med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            print(f"max_tokens {max_tokens}, freeze {freeze}: fine-tuning "
+                  f"{med['train_rate']:.1f} examples/s (forward-only "
+                  f"{med['forward_rate']:.1f}/s, ratio "
+                  f"{med['train_rate'] / med['forward_rate']:.2f}); initial publish "
+                  f"{med['initial_publish_s']:.1f} s; gated publish {med['publish_s']:.1f} s; "
+                  f"refit {med['refit_s']:.1f} s over {med['refit_examples']:.0f} examples "
+                  f"(loss {med['refit_loss_before']:.3f} -> {med['refit_loss_after']:.3f})")
 
 if __name__ == "__main__":
     main()

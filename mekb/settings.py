@@ -325,6 +325,11 @@ class Settings(BaseSettings):
         description="Fine-tuning optimiser of the user tower (the ID table always takes plain "
         "Adam steps at MEKB_TRAINER_ITEM_LR).",
     )
+    trainer_freeze_layers: int = Field(
+        default=0, ge=0, le=64,
+        description="CPU profile: freeze the token embeddings and the lowest N encoder "
+        "layers (less backward and optimiser work; 0 = fine-tune everything).",
+    )
     trainer_lr: float = Field(
         default=5e-5, gt=0.0, description="Learning rate of the user tower (encoder + MLP)."
     )

@@ -277,3 +277,21 @@ def test_item_tower_refit_publishes_items_version(tmp_path: Path, tiny_encoder: 
     n_versions = len(r.registry.list())
     assert rt.refit(rt.state.last_refit_at + 6) is None
     assert len(r.registry.list()) == n_versions
+
+
+@pytest.mark.skipif(not hasattr(EmbedMe, "freeze_lower_layers"),
+                    reason="EmbedMe.freeze_lower_layers not available")
+def test_freeze_layers_keeps_lower_encoder_fixed(tmp_path: Path, tiny_encoder: str) -> None:
+    h = Harness(make_settings(tmp_path, tiny_encoder, trainer_freeze_layers=1))
+    t = h.trainer
+    t.startup()
+    enc = t.model.encoder
+    before = {n: p.detach().clone() for n, p in enc.named_parameters()}
+    t.process(stream(24))
+    t.process([])
+    changed = {n for n, p in enc.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("encoder.layer.1.") for n in changed), changed
+    # a restart with the same profile restores the optimiser state
+    t.checkpoint()
+    r = Harness(h.settings)
+    assert r.trainer.optimizer.state_dict()["state"]

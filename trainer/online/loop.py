@@ -88,10 +88,13 @@ def build_optimizer(model: EmbedMe, settings: Settings) -> torch.optim.Optimizer
     except ImportError:
         pass
     else:
+        logger.info("optimiser: %s (trainer/optim.py), item table lr %g",
+                    settings.trainer_optimizer, settings.trainer_item_lr)
         return offline_optimizer(model, lr=settings.trainer_lr,
                                  weight_decay=settings.trainer_weight_decay,
                                  name=settings.trainer_optimizer,
                                  item_lr=settings.trainer_item_lr)
+    logger.info("optimiser: AdamW (trainer/optim.py not available)")
     tower = [p for n, p in model.named_parameters() if n != "item_table" and p.requires_grad]
     return torch.optim.AdamW(
         [{"params": tower, "lr": settings.trainer_lr},
@@ -116,6 +119,12 @@ class OnlineTrainer:
         self.metrics = metrics
         self.announce = announce
         self.topic = settings.topic("training-examples")
+        if settings.trainer_freeze_layers:
+            freeze = getattr(model, "freeze_lower_layers", None)
+            if freeze is None:
+                logger.warning("this EmbedMe cannot freeze layers: fine-tuning everything")
+            else:
+                freeze(settings.trainer_freeze_layers)
         self.optimizer = build_optimizer(model, settings)
         if optimizer_state is not None:
             try:
