@@ -26,6 +26,12 @@ class Component:
     argv: tuple[str, ...]
     health_url: str | None = None  # GET must answer 200 once the component is up
     env: dict[str, str] = field(default_factory=dict)
+    executable: tuple[str, ...] | None = None  # a non-mekb program (e.g. prometheus)
+
+    def command(self) -> list[str]:
+        if self.executable is not None:
+            return [*self.executable, *self.argv]
+        return [sys.executable, "-m", "mekb.cli.main", *self.argv]
 
 
 class ComponentFailed(RuntimeError):
@@ -58,9 +64,8 @@ class Supervisor:
     def start(self, comp: Component) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{comp.name}.log", "ab")  # noqa: SIM115
-        cmd = [sys.executable, "-m", "mekb.cli.main", *comp.argv]
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            comp.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env={**os.environ, **self.env, **comp.env}, start_new_session=True,
         )
         assert proc.stdout is not None
@@ -68,7 +73,7 @@ class Supervisor:
             target=_pump, args=(comp.name, proc.stdout, log, self.echo), daemon=True
         ).start()
         self._running.append(_Running(comp, proc, log))
-        logger.info("started %s (pid %d): mekb %s", comp.name, proc.pid, " ".join(comp.argv))
+        logger.info("started %s (pid %d): %s", comp.name, proc.pid, " ".join(comp.command()))
 
     def wait_healthy(self, timeout_s: float = 120.0) -> None:
         """Wait until every component with a health URL answers 200."""
@@ -97,7 +102,7 @@ class Supervisor:
             if run.proc.poll() is not None:
                 raise ComponentFailed(f"{run.comp.name} exited with code {run.proc.returncode}")
 
-    def stop_all(self, grace_s: float = 10.0) -> None:
+    def stop_all(self, grace_s: float = 30.0) -> None:
         """SIGTERM every process (reverse start order), SIGKILL what outlives the grace."""
         for run in reversed(self._running):
             if run.proc.poll() is None:

@@ -66,15 +66,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors the user can act on: printed as one line instead of a traceback."""
     from pydantic import ValidationError
 
+    from linker.errors import LinkerError
     from mekb.broker import BrokerError
     from mekb.kafka_config import BrokerNotFound
     from mekb.sample import SampleUnavailable
-
-    from linker.errors import LinkerError
+    from mekb.supervisor import ComponentFailed
 
     return (
         CliError, BrokerError, BrokerNotFound, SampleUnavailable, LinkerError, ValidationError,
-        OSError,
+        ComponentFailed, OSError,
     )
 
 
