@@ -9,14 +9,17 @@ import json
 import random
 import statistics
 import zlib
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from tests.unit.test_online_loop import Harness, make_settings, tiny_encoder  # noqa: F401
 from trainer.online.examples import Example, parse_example
-from trainer.online.gate import build_eval_set, evaluate
+from trainer.online.gate import Scorer, build_eval_set, evaluate
 from trainer.online.holdout import is_held_out
 from trainer.online.loop import Record
 from trainer.online.scorers import TorchScorer
@@ -38,7 +41,9 @@ def world(seed: int) -> list[bytes]:
     rng = random.Random(seed)
     out = []
     for i in range(N):
-        taste = rng.randrange(len(TASTES))  # arrival order is as random as a shuffle
+        # random arrival order (as shuffled as an offline epoch), skewed tastes (so
+        # popularity is a baseline with some signal)
+        taste = rng.choices(range(len(TASTES)), weights=[4, 3, 2, 1])[0]
         titles = rng.sample(TASTES[taste], 3)
         out.append(json.dumps({
             "v": 1, "example_id": f"p{seed}-{i}", "user_id": f"u{i}", "ts": float(i),
@@ -48,10 +53,31 @@ def world(seed: int) -> list[bytes]:
     return out
 
 
+class Popularity(Scorer):
+    """Every user gets the same ranking: items by training frequency."""
+
+    def __init__(self, item_ids: list[str], train: list[Example]) -> None:
+        counts = Counter(e.item_id for e in train)
+        self.item_ids = item_ids
+        self.items = np.array([[counts[i] + 1e-3 * k] for k, i in enumerate(item_ids)],
+                              dtype=np.float32)
+
+    def user_embeddings(self, examples: Sequence[Example]) -> np.ndarray:
+        return np.ones((len(examples), 1), dtype=np.float32)
+
+
 def quality(h: Harness, holdout: list[Example]) -> float:
     model = h.trainer.model
     evalset = build_eval_set(holdout, model.item_ids, model.item_domains, n_negatives=7)
     return evaluate(TorchScorer(model), evalset).ndcg10
+
+
+def popularity(seed: int, item_ids: list[str]) -> float:
+    examples = [parse_example(v) for v in world(seed)]
+    holdout = [e for e in examples if is_held_out(e.example_id, HOLDOUT)]
+    train = [e for e in examples if not is_held_out(e.example_id, HOLDOUT)]
+    evalset = build_eval_set(holdout, item_ids, ["action"] * len(item_ids), n_negatives=7)
+    return evaluate(Popularity(item_ids, train), evalset).ndcg10
 
 
 def run(tmp: Path, encoder: str, seed: int, mode: str) -> tuple[float, float]:
@@ -102,3 +128,8 @@ def test_batch_and_stream_reach_the_same_quality(tmp_path: Path, tiny_encoder: s
     assert statistics.mean(b) > untrained + 0.1, (b, untrained)
     assert statistics.mean(s) > untrained + 0.1, (s, untrained)
     assert abs(statistics.mean(b) - statistics.mean(s)) <= 3 * spread, (b, s)
+    # every held-out user is new (zero-shot): the streamed model beats popularity
+    items = sorted({parse_example(v).item_id for v in world(0)} | {
+        parse_example(v).item_id for seed in seeds for v in world(seed)})
+    pop = [popularity(seed, items) for seed in seeds]
+    assert statistics.mean(s) > statistics.mean(pop) + 0.05, (s, pop)
