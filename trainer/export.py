@@ -162,3 +162,20 @@ def write_bundle(
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return out_dir
+
+
+def parity(model: EmbedMe, onnx_path: Path, texts: list[str] | None = None) -> float:
+    """Max abs difference between ONNX Runtime and PyTorch on `texts` (batch > 1,
+    different lengths, one truncated)."""
+    import onnxruntime as ort
+
+    texts = texts or ["star wars [SEP] harrison ford", "x", "word " * 300]
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    batch = model.tokenize(texts)
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        ref = model.encode_users(batch["input_ids"], batch["attention_mask"]).cpu().numpy()
+    model.train(was)
+    out = session.run(None, {k: v.numpy() for k, v in batch.items()})[0]
+    return float(np.abs(out - ref).max())

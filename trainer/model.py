@@ -119,6 +119,11 @@ class EmbedMe(nn.Module):
             enc_cfg = AutoConfig.from_pretrained(source)
             self.encoder = AutoModel.from_config(enc_cfg, attn_implementation="eager")
         self.tokenizer = AutoTokenizer.from_pretrained(_tokenizer_dir or source)
+        # BERT's pooler ([CLS] dense) is unused by mean pooling: freeze it so optimisers
+        # skip it and DistributedDataParallel does not wait for its gradients.
+        pooler = getattr(self.encoder, "pooler", None)
+        if isinstance(pooler, nn.Module):
+            pooler.requires_grad_(False)
         hidden = int(self.encoder.config.hidden_size)
         self.mlp = nn.Sequential(
             nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, config.dim)
@@ -149,6 +154,32 @@ class EmbedMe(nn.Module):
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
         pooled = mean_pool(out.last_hidden_state, attention_mask)
         return self.mlp(pooled)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        domain: str | None = None,
+        *,
+        embed_only: bool = False,
+    ) -> Tensor:
+        """logits(encode_users(...), domain), or the user embeddings with `embed_only`:
+        the training forward (DistributedDataParallel calls this)."""
+        users = self.encode_users(input_ids, attention_mask)
+        return users if embed_only else self.logits(users, domain)
+
+    def freeze_lower_layers(self, n_layers: int) -> None:
+        """Freeze the token embeddings and the lowest `n_layers` transformer layers
+        (the CPU training profile: less backward work, same architecture)."""
+        if n_layers <= 0:
+            return
+        emb = getattr(self.encoder, "embeddings", None)
+        if isinstance(emb, nn.Module):
+            emb.requires_grad_(False)
+        layers = getattr(getattr(self.encoder, "encoder", None), "layer", None)
+        if layers is not None:
+            for layer in list(layers)[:n_layers]:
+                layer.requires_grad_(False)
 
     def encode_texts(self, texts: Sequence[str]) -> Tensor:
         """tokenize + encode_users on the model's device (convenience)."""

@@ -9,8 +9,11 @@ from typer.exceptions import TyperException
 
 from mekb import __version__
 from mekb.cli import broker, config, link, linker, monitor, produce, sample, topics, up, worker
+from mekb.cli import evaluate as evaluate_cli
+from mekb.cli import export_onnx as export_onnx_cli
 from mekb.cli import models as models_cli
 from mekb.cli import serve as serve_cli
+from mekb.cli import train as train_cli
 from mekb.cli import trainer as trainer_cli
 from mekb.cli.common import CliError
 
@@ -39,6 +42,9 @@ app.command()(worker.worker)
 app.add_typer(models_cli.app, name="models")
 app.command()(trainer_cli.trainer)
 app.command()(serve_cli.serve)
+app.command()(train_cli.train)
+app.command()(evaluate_cli.evaluate)
+app.command(name="export-onnx")(export_onnx_cli.export_onnx)
 
 
 @app.callback()

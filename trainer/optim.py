@@ -1,0 +1,90 @@
+"""Optimiser and schedule of MeKB-Rec §4.2: LAMB, lr 5e-4, weight decay 5e-4, cosine
+decay after a linear warm-up (one epoch in the paper).
+
+LAMB comes from PyPI `pytorch-optimizer` (maintained); biases and LayerNorm weights
+get no weight decay (the usual BERT practice).
+
+Note for trainer/online/: its loop imports `trainer.optim.build_optimizer` when it
+exists and then switches from AdamW to this LAMB (MEKB_TRAINER_OPTIMIZER=lamb). With
+LAMB at the online default lr 5e-5, tests/unit/test_online_parity.py fails (batch vs
+stream quality differ by more than 3 spreads: LAMB's trust ratio makes lr 5e-5 nearly
+freeze the tower). So this module exposes `make_optimizer` only; the continuous-
+trainer owner decides when to alias it (and at which lr).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias", "layer_norm", "norm.weight")
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, item_lr: float | None = None
+) -> list[dict]:
+    """decay / no-decay groups; with `item_lr`, the ID item table gets its own group
+    with that lr and no layer-wise adaptation (`adam: True`, see make_optimizer)."""
+    decay, no_decay, items = [], [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if item_lr is not None and name == "item_table":
+            items.append(param)
+        elif any(k in name for k in NO_DECAY):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if items:
+        groups.append({"params": items, "weight_decay": 0.0, "lr": item_lr, "adam": True})
+    return groups
+
+
+def make_optimizer(
+    model: nn.Module,
+    lr: float = 5e-4,
+    weight_decay: float = 5e-4,
+    name: str = "lamb",
+    item_lr: float | None = None,
+) -> torch.optim.Optimizer:
+    """LAMB (or AdamW). `item_lr`: the ID table trains with plain Adam steps at that lr.
+
+    Why: LAMB scales each tensor's step by ||w|| / ||update||. For a freshly initialised
+    ID table (small norm, one tensor of n_items × K) that makes every row move by ~lr·std
+    per step — the items would barely leave their initialisation in a CPU-sized run.
+    Row-wise ID embeddings are the textbook case for a plain (sparse-friendly) Adam step.
+    """
+    groups = param_groups(model, weight_decay, item_lr)
+    if name == "lamb":
+        from pytorch_optimizer import Lamb
+
+        # foreach=False: the per-parameter path honours the per-group `adam` flag.
+        for g in groups:
+            g.setdefault("adam", False)
+        return Lamb(groups, lr=lr, weight_decay=weight_decay, foreach=False)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r} (lamb, adamw)")
+
+
+def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int, floor: float = 0.0) -> float:
+    """LR multiplier: linear 0→1 over warm-up, then cosine 1→floor at total_steps."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: cosine_with_warmup(step, warmup_steps, total_steps)
+    )
