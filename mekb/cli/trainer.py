@@ -38,13 +38,17 @@ def trainer(
     from trainer.online.loop import OnlineTrainer, model_config, state_dir
     from trainer.online.metrics import TrainerMetrics
     from trainer.online.resume import load_start
-    from trainer.online.service import Health, run
+    from trainer.online.service import AlreadyRunning, Health, acquire_lock, run
 
     settings = settings_with(trainer_port=port, trainer_publish_every=publish_every,
                              trainer_refit_interval_s=refit_interval)
     try:
         bootstrap_servers(settings)
     except BrokerNotFound as exc:
+        raise CliError(str(exc)) from None
+    try:
+        lock = acquire_lock(registry_root(settings) / ".trainer.lock")
+    except AlreadyRunning as exc:
         raise CliError(str(exc)) from None
     health = Health()
     prom = CollectorRegistry()
@@ -75,3 +79,4 @@ def trainer(
         asyncio.run(main())
     finally:
         server.shutdown()
+        lock.close()

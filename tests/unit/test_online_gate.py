@@ -116,3 +116,4 @@ def test_parse_example() -> None:
                 b'"entities":[]}'):
         with pytest.raises(InvalidExample):
             parse_example(bad)
+

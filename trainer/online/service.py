@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from mekb.kafka_config import aiokafka_config
 from mekb.settings import Settings
@@ -41,6 +43,32 @@ class Health:
         ok = self.phase == "running"
         body = {"status": "ok" if ok else self.phase, **self.__dict__}
         return (200 if ok else 503), json.dumps(body).encode()
+
+
+class AlreadyRunning(RuntimeError):
+    """Another trainer holds the registry."""
+
+
+def acquire_lock(path: Path) -> IO[str]:
+    """An exclusive, non-blocking flock on `path`, held while the returned file is open
+    (the kernel drops it when the process dies, SIGKILL included). One trainer per
+    registry: two would publish diverging lineages."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")  # noqa: SIM115 - held for the life of the process
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise AlreadyRunning(f"another trainer (pid {holder}) holds {path}") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
 
 
 def _key(topic: str, partition: int) -> str:
