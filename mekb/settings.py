@@ -276,6 +276,11 @@ class Settings(BaseSettings):
         default=None,
         description="RocksDB replica of mekb-updates. Unset = $MEKB_DATA_DIR/serving/replica.",
     )
+    serving_upstream_timeout_s: float = Field(
+        default=5.0, gt=0.0,
+        description="No fetch response from the broker for this long: responses carry "
+        "`replica_stale: true` (the user's latest updates may not have arrived).",
+    )
     serving_registry_poll_s: float = Field(
         default=10.0, gt=0.0,
         description="How often serving re-reads the registry's ACTIVE pointer (besides "

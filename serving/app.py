@@ -79,7 +79,7 @@ class BatchRequest(BaseModel):
     )
 
 
-def _embedding_json(e: UserEmbedding) -> dict[str, Any]:
+def _embedding_json(e: UserEmbedding, replica_stale: bool) -> dict[str, Any]:
     return {
         "user_id": e.user_id,
         "embedding": e.embedding,
@@ -91,6 +91,8 @@ def _embedding_json(e: UserEmbedding) -> dict[str, Any]:
         "cold_start": e.cold_start,
         "stale": e.stale,
         "cached": e.cached,
+        # the broker has not answered lately: updates after mekb_version may be missing
+        "replica_stale": replica_stale,
     }
 
 
@@ -238,7 +240,7 @@ def create_app(
         user: the embedding of an empty MeKB, `cold_start: true`, `mekb_version: 0`."""
         model = pinned()
         result = await service.embed(model, [user_id], allow_stale=allow_stale)
-        return _json(_embedding_json(result[0]))
+        return _json(_embedding_json(result[0], service.replica_stale))
 
     @app.post("/v1/users/embeddings", dependencies=auth, tags=["users"])
     async def user_embeddings(body: BatchRequest) -> Response:
@@ -249,7 +251,7 @@ def create_app(
         model = pinned()
         result = await service.embed(model, body.user_ids, allow_stale=body.allow_stale)
         return _json({"model_version": model.version, "dim": model.dim,
-                "embeddings": [_embedding_json(e) for e in result]})
+                "embeddings": [_embedding_json(e, service.replica_stale) for e in result]})
 
     @app.get("/v1/users/{user_id}/mekb", dependencies=auth, tags=["users"])
     async def user_mekb(user_id: UserId) -> Response:

@@ -81,6 +81,10 @@ class EmbeddingService:
         self.refresh_batch = refresh_batch
         self.refresh_max_lag_s = refresh_max_lag_s
         self.replica_caught_up = False
+        # Wall time of the last fetch response from the broker (set by the replica
+        # follower); older than upstream_timeout_s = upstream unreachable.
+        self.upstream_seen_at: float | None = None
+        self.upstream_timeout_s = 5.0
         self._inflight: dict[Key, tuple[asyncio.Task[np.ndarray], int]] = {}
         self._pending: OrderedDict[str, float] = OrderedDict()  # user -> enqueued (monotonic)
         self._pending_event: asyncio.Event | None = None
@@ -100,6 +104,13 @@ class EmbeddingService:
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)
         await self.batcher.close()
+
+    @property
+    def replica_stale(self) -> bool:
+        """True while the broker has not answered the replica's fetches recently: the
+        replica (and so every embedding) may miss the latest updates."""
+        seen = self.upstream_seen_at
+        return seen is None or time.time() - seen > self.upstream_timeout_s
 
     @property
     def ready(self) -> bool:

@@ -86,6 +86,9 @@ async def follow_mekb_updates(
             if records:
                 result = replica.apply(records)
                 service.on_applied(result)
+            polled = [consumer.last_poll_timestamp(tp) for tp in tps]  # ms, None if never
+            if any(polled):
+                service.upstream_seen_at = max(p for p in polled if p) / 1000.0
             lag = 0
             for tp in tps:
                 position = await consumer.position(tp)

@@ -39,6 +39,7 @@ class Answering:
         self.url = url
         self.ok = 0
         self.failures: list[str] = []
+        self.replica_stale: list[bool] = []  # flag of every answer, in order
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -59,6 +60,7 @@ class Answering:
                 continue
             if status == 200:
                 self.ok += 1
+                self.replica_stale.append(bool(body["replica_stale"]))
             else:
                 self.failures.append(f"{status} {body}")
 
@@ -113,10 +115,15 @@ def test_kill_every_process_and_pause_the_broker(tmp_path: Path) -> None:
                 serving_answers_before = answering.ok
 
                 produce(settings, "interactions", chunks[2])
+                answers_before_pause = len(answering.replica_stale)
                 os.kill(broker.pid, signal.SIGSTOP)  # 3. broker unreachable for 10 s
                 time.sleep(10)
+                during_pause = answering.replica_stale[answers_before_pause:]
                 os.kill(broker.pid, signal.SIGCONT)
                 assert answering.ok > serving_answers_before, "serving stopped answering"
+                assert any(during_pause), "broker down, yet no answer flagged replica_stale"
+                wait_for(lambda: answering.replica_stale[-1] is False, 30,
+                         "replica_stale to clear once the broker is back")
                 failures_before_serving_kill = list(answering.failures)
             assert not failures_before_serving_kill, failures_before_serving_kill[:5]
 
