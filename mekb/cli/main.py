@@ -47,6 +47,13 @@ app.command()(evaluate_cli.evaluate)
 app.command(name="export-onnx")(export_onnx_cli.export_onnx)
 
 
+def _print_version(value: bool) -> None:
+    # Eager, so it runs before click insists on a subcommand.
+    if value:
+        typer.echo(f"mekb {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     log_level: str = typer.Option(
@@ -55,13 +62,13 @@ def _root(
     log_json: bool = typer.Option(
         None, "--log-json/--no-log-json", envvar="MEKB_LOG_JSON", help="JSON log lines."
     ),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version,
+        help="Print the version and exit.",
+    ),
 ) -> None:
     from mekb.logs import configure_logging
 
-    if version:
-        typer.echo(f"mekb {__version__}")
-        raise typer.Exit()
     level = (log_level or "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise CliError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, not {log_level!r}")
@@ -87,7 +94,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="mekb", standalone_mode=False)
+        # Without standalone mode click returns the code of a `typer.Exit(code)` raised
+        # by a command instead of raising it; commands themselves return None.
+        code = command.main(args=argv, prog_name="mekb", standalone_mode=False)
+        if isinstance(code, int):
+            return code
     except typer.Exit as exc:
         return int(exc.exit_code)
     except TyperException as exc:  # usage errors: bad or missing arguments and options

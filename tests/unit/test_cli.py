@@ -19,8 +19,32 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_help_lists_every_command() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("up", "broker", "topics", "produce", "sample", "config"):
+    for command in ("up", "broker", "topics", "produce", "sample", "config", "worker",
+                    "trainer", "serve", "monitor", "models", "link", "linker", "train",
+                    "evaluate", "export-onnx"):
         assert command in result.stdout
+
+
+def test_version_needs_no_command() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("mekb ")
+
+
+def test_exit_code_of_a_command_reaches_the_shell() -> None:
+    """`typer.Exit(code)` inside a command must not turn into exit status 0."""
+    from mekb.cli import main as cli
+
+    @cli.app.command("exit-with-code-for-test", hidden=True)
+    def _exit() -> None:
+        import typer
+
+        raise typer.Exit(7)
+
+    try:
+        assert cli.main(["exit-with-code-for-test"]) == 7
+    finally:
+        cli.app.registered_commands.pop()
 
 
 @pytest.mark.parametrize(
