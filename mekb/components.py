@@ -15,7 +15,7 @@ LOCAL = "127.0.0.1"
 def components(settings: Settings) -> list[Component]:
     """Stream worker, trainer, serving and drift monitor on top of the broker."""
     return [
-        Component("worker", ("worker",), f"http://{LOCAL}:{settings.worker_port}/health"),
+        Component("worker", ("worker",), f"http://{LOCAL}:{settings.worker_port}/healthz"),
         Component("trainer", ("trainer",), f"http://{LOCAL}:{settings.trainer_port}/healthz"),
         Component("serving", ("serve",), f"http://{LOCAL}:{settings.serving_port}/healthz"),
         Component("monitor", ("monitor",), f"http://{LOCAL}:{settings.monitor_port}/metrics"),

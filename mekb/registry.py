@@ -22,6 +22,7 @@ Version ids are `YYYYMMDDTHHMMSSZ-<6 hex>` (UTC), sortable by time to the second
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import logging
@@ -311,8 +312,9 @@ class Registry:
         logger.info("registry: active version %s (was %s)", version, previous)
         return mv
 
-    def rollback(self) -> ModelVersion:
-        """Re-activate the version that was active before the current one."""
+    def rollback_target(self) -> str:
+        """The version `rollback()` would re-activate: the one active before the current
+        one that still exists (so a server can load and warm it before the switch)."""
         stack = self._activation_stack()
         current = self.active_version()
         if current is None:
@@ -323,7 +325,12 @@ class Registry:
             stack.pop()  # pruned since
         if not stack:
             raise RegistryError(f"no earlier active version to roll back to from {current}")
-        target = stack[-1]
+        return stack[-1]
+
+    def rollback(self) -> ModelVersion:
+        """Re-activate the version that was active before the current one."""
+        current = self.active_version()
+        target = self.rollback_target()
         mv = self.verify(target)
         _write_atomic(self.active_file, target + "\n")
         self._append_history({"op": "rollback", "version": target, "previous": current})
@@ -337,7 +344,7 @@ class Registry:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def history(self) -> list[dict[str, Any]]:
+    def history(self) -> builtins.list[dict[str, Any]]:
         try:
             lines = self.history_file.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
@@ -350,9 +357,9 @@ class Registry:
                 continue  # a torn last line after a crash
         return out
 
-    def _activation_stack(self) -> list[str]:
+    def _activation_stack(self) -> builtins.list[str]:
         """Replay the history: activate pushes, rollback pops back to its target."""
-        stack: list[str] = []
+        stack: builtins.list[str] = []
         for entry in self.history():
             version = entry.get("version")
             if not version:
@@ -371,7 +378,7 @@ class Registry:
         return stack
 
     # --- retention ------------------------------------------------------------------
-    def prune(self, keep_last: int) -> list[str]:
+    def prune(self, keep_last: int) -> builtins.list[str]:
         """Delete all but the newest `keep_last` versions.
 
         Never deletes the active version, its parent (an items version needs its user
@@ -401,7 +408,7 @@ class Registry:
             logger.info("registry: pruned %d versions: %s", len(deleted), ", ".join(deleted))
         return deleted
 
-    def cleanup(self, *, stale_after_s: float = STALE_STAGING_S) -> list[str]:
+    def cleanup(self, *, stale_after_s: float = STALE_STAGING_S) -> builtins.list[str]:
         """Remove staging/trash directories left by crashed processes."""
         if not self.versions_dir.is_dir():
             return []

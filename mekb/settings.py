@@ -203,7 +203,7 @@ class Settings(BaseSettings):
     )
     worker_port: int = Field(
         default=9465, ge=0, le=65535,
-        description="Port on 127.0.0.1 of the stream worker's /metrics and /health.",
+        description="Port on MEKB_METRICS_HOST of the stream worker's /metrics and /healthz.",
     )
 
     # --- serving ---
@@ -326,9 +326,11 @@ class Settings(BaseSettings):
         "goes idle).",
     )
     trainer_optimizer: Literal["lamb", "adamw"] = Field(
-        default="lamb",
+        default="adamw",
         description="Fine-tuning optimiser of the user tower (the ID table always takes plain "
-        "Adam steps at MEKB_TRAINER_ITEM_LR).",
+        "Adam steps at MEKB_TRAINER_ITEM_LR). `lamb` (the paper's, as `mekb train`) scales "
+        "each step to lr x the weight norm, so pair it with MEKB_TRAINER_LR=5e-4; at the "
+        "AdamW default 5e-5 it barely moves a pretrained tower.",
     )
     trainer_freeze_layers: int = Field(
         default=0, ge=0, le=64,

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from mekb.registry import Registry, RegistryError
+from mekb.registry import Registry
 from serving.model import LoadedModel, ModelLoadError, load_model
 from serving.service import EmbeddingService
 
@@ -108,15 +108,7 @@ class ModelManager:
     async def rollback(self) -> LoadedModel:
         """Admin: re-activate the previously active version (loaded before the pointer moves)."""
         async with self._lock:
-            current = self.registry.active_version()
-            # The registry exposes no "rollback target" query; its activation stack is
-            # what Registry.rollback() itself pops. (mypy: `list` is shadowed in
-            # Registry's annotations by its method of that name.)
-            history = self.registry._activation_stack()
-            stack = [v for v in history if v != current]  # type: ignore[attr-defined]
-            if current is None or not stack:
-                raise RegistryError("no earlier active version to roll back to")
-            target = stack[-1]
+            target = self.registry.rollback_target()
             model = await self._load(target)
             mv = await asyncio.get_running_loop().run_in_executor(None, self.registry.rollback)
             if mv.version != target:  # the history moved under us: serve what ACTIVE says

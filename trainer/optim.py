@@ -4,12 +4,10 @@ decay after a linear warm-up (one epoch in the paper).
 LAMB comes from PyPI `pytorch-optimizer` (maintained); biases and LayerNorm weights
 get no weight decay (the usual BERT practice).
 
-Note for trainer/online/: its loop imports `trainer.optim.build_optimizer` when it
-exists and then switches from AdamW to this LAMB (MEKB_TRAINER_OPTIMIZER=lamb). With
-LAMB at the online default lr 5e-5, tests/unit/test_online_parity.py fails (batch vs
-stream quality differ by more than 3 spreads: LAMB's trust ratio makes lr 5e-5 nearly
-freeze the tower). So this module exposes `make_optimizer` only; the continuous-
-trainer owner decides when to alias it (and at which lr).
+The continuous trainer (trainer/online/loop.py) uses the same `make_optimizer`, with
+AdamW at lr 5e-5 by default: LAMB's trust ratio makes lr 5e-5 nearly freeze a
+pretrained tower (tests/unit/test_online_parity.py then misses parity), so LAMB online
+wants the paper's 5e-4 (MEKB_TRAINER_OPTIMIZER=lamb MEKB_TRAINER_LR=5e-4).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -52,8 +53,9 @@ def evaluate(
         from trainer.model import EmbedMe
 
         info = json.loads((model / "train.json").read_text())
-        sc = build_scenario(data, ScenarioConfig(**{
-            k: tuple(v) if isinstance(v, list) else v for k, v in info["scenario"].items()}))
+        saved: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in info["scenario"].items()}
+        sc = build_scenario(data, ScenarioConfig(**saved))
         scorer = EmbedMeScorer()
         scorer.attach(EmbedMe.load(model / "model"), sc)
         result = eval_one(scorer, sc, seed=sc.config.seed, n_negatives=negatives)

@@ -31,10 +31,10 @@ def trainer(
     from prometheus_client import CollectorRegistry
 
     from mekb.kafka_config import BrokerNotFound, bootstrap_servers
+    from mekb.metrics_http import serve
     from mekb.registry import Registry, announce, registry_root
     from trainer.model import ModelError
     from trainer.online.checkpoint import CheckpointStore
-    from trainer.online.http import serve
     from trainer.online.loop import OnlineTrainer, model_config, state_dir
     from trainer.online.metrics import TrainerMetrics
     from trainer.online.resume import load_start
@@ -53,7 +53,8 @@ def trainer(
     health = Health()
     prom = CollectorRegistry()
     metrics = TrainerMetrics(prom)
-    server = serve(settings.metrics_host, settings.trainer_port, prom, health.response)
+    server = serve(settings.metrics_host, settings.trainer_port, prom, health.response,
+                   name="trainer")
     typer.echo(f"trainer: http://{settings.metrics_host}:{server.server_address[1]}/metrics "
                "and /healthz")
     try:

@@ -16,7 +16,7 @@ def worker(
     ),
     port: int = typer.Option(
         None, "--port", min=0, max=65535,
-        help="/metrics and /health port on 127.0.0.1 (MEKB_WORKER_PORT).",
+        help="/metrics and /healthz port on MEKB_METRICS_HOST (MEKB_WORKER_PORT).",
     ),
 ) -> None:
     """Keep every user's MeKB and the global entity df/N in RocksDB from the interaction
@@ -24,7 +24,7 @@ def worker(
     from prometheus_client import CollectorRegistry
 
     from linker.factory import build_linker
-    from streams.http import serve
+    from mekb.metrics_http import serve
     from streams.metrics import StreamMetrics
     from streams.state.rocksdb import RocksDBStore
     from streams.worker import StreamWorker, health_json
@@ -40,9 +40,10 @@ def worker(
     registry = CollectorRegistry()
     store = RocksDBStore(settings.data_dir / "streams" / settings.worker_id)
     stream_worker = StreamWorker(settings, store, linker, StreamMetrics(registry))
-    server = serve(settings.worker_port, registry, lambda: health_json(stream_worker))
-    typer.echo(f"stream worker {settings.worker_id}: http://127.0.0.1:"
-               f"{server.server_address[1]}/metrics and /health")
+    server = serve(settings.metrics_host, settings.worker_port, registry,
+                   lambda: health_json(stream_worker), name="worker")
+    typer.echo(f"stream worker {settings.worker_id}: http://{settings.metrics_host}:"
+               f"{server.server_address[1]}/metrics and /healthz")
 
     async def main() -> None:
         stop = asyncio.Event()

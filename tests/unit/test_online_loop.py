@@ -295,3 +295,24 @@ def test_freeze_layers_keeps_lower_encoder_fixed(tmp_path: Path, tiny_encoder: s
     t.checkpoint()
     r = Harness(h.settings)
     assert r.trainer.optimizer.state_dict()["state"]
+
+
+@pytest.mark.parametrize("name", ["lamb", "adamw"])
+def test_optimizer_setting_is_used_and_survives_restart(
+    tmp_path: Path, tiny_encoder: str, name: str
+) -> None:
+    """MEKB_TRAINER_OPTIMIZER picks trainer/optim.py's optimiser (the one `mekb train`
+    uses); its state comes back from the checkpoint."""
+    from pytorch_optimizer import Lamb
+
+    h = Harness(make_settings(tmp_path, tiny_encoder, trainer_optimizer=name))
+    t = h.trainer
+    t.startup()
+    assert isinstance(t.optimizer, Lamb if name == "lamb" else torch.optim.AdamW)
+    item_groups = [g for g in t.optimizer.param_groups if g.get("adam")]
+    assert len(item_groups) == 1 and item_groups[0]["lr"] == h.settings.trainer_item_lr
+    t.process(stream(16))
+    t.checkpoint()
+    r = Harness(h.settings)
+    assert type(r.trainer.optimizer) is type(t.optimizer)
+    assert r.trainer.optimizer.state_dict()["state"]

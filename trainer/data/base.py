@@ -101,7 +101,7 @@ def read_lines(paths: Sequence[str] | Iterable[str]) -> Iterable[tuple[str, int,
     for path in paths:
         opener = gzip.open if str(path).endswith(".gz") else open
         try:
-            with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+            with opener(path, "rt", encoding="utf-8") as fh:
                 for n, line in enumerate(fh, 1):
                     if line.strip():
                         yield str(path), n, line

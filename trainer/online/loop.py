@@ -54,6 +54,7 @@ from trainer.online.publishing import (
 )
 from trainer.online.refit import initial_table, refit_items
 from trainer.online.scorers import BundleScorer, TorchScorer, TowerCache
+from trainer.optim import make_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -79,28 +80,14 @@ def model_config(settings: Settings) -> EmbedMeConfig:
 
 
 def build_optimizer(model: EmbedMe, settings: Settings) -> torch.optim.Optimizer:
-    """The offline trainer's optimiser (trainer/optim.py: LAMB for the user tower, plain
-    Adam steps at its own lr for the ID table) when available, else AdamW with the same
-    two learning rates. The item table gets the larger lr: fresh rows start near zero
-    and must catch up within a few steps."""
-    try:
-        from trainer.optim import build_optimizer as offline_optimizer
-    except ImportError:
-        pass
-    else:
-        logger.info("optimiser: %s (trainer/optim.py), item table lr %g",
-                    settings.trainer_optimizer, settings.trainer_item_lr)
-        return offline_optimizer(model, lr=settings.trainer_lr,
-                                 weight_decay=settings.trainer_weight_decay,
-                                 name=settings.trainer_optimizer,
-                                 item_lr=settings.trainer_item_lr)
-    logger.info("optimiser: AdamW (trainer/optim.py not available)")
-    tower = [p for n, p in model.named_parameters() if n != "item_table" and p.requires_grad]
-    return torch.optim.AdamW(
-        [{"params": tower, "lr": settings.trainer_lr},
-         {"params": [model.item_table], "lr": settings.trainer_item_lr}],
-        weight_decay=settings.trainer_weight_decay,
-    )
+    """trainer/optim.py's optimiser (one implementation with `mekb train`): AdamW or LAMB
+    for the user tower, plain Adam steps at their own, larger lr for the ID table (fresh
+    rows start near zero and must catch up within a few steps)."""
+    logger.info("optimiser: %s lr %g, item table Adam lr %g", settings.trainer_optimizer,
+                settings.trainer_lr, settings.trainer_item_lr)
+    return make_optimizer(model, lr=settings.trainer_lr,
+                          weight_decay=settings.trainer_weight_decay,
+                          name=settings.trainer_optimizer, item_lr=settings.trainer_item_lr)
 
 
 class OnlineTrainer:

@@ -1,5 +1,6 @@
-"""/metrics and /healthz of `mekb trainer` (a stdlib HTTP server thread: the
-training loop owns the event loop and often the CPU)."""
+"""/metrics and /healthz of the processes that run no web framework (stream worker,
+trainer): a stdlib HTTP server on a daemon thread, so a scrape is answered even while
+the event loop or a training step holds the CPU."""
 
 from __future__ import annotations
 
@@ -12,11 +13,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 logger = logging.getLogger(__name__)
 
+HealthCheck = Callable[[], tuple[int, bytes]]
+
 
 def serve(
-    host: str, port: int, registry: CollectorRegistry,
-    health: Callable[[], tuple[int, bytes]],
+    host: str, port: int, registry: CollectorRegistry, health: HealthCheck, *, name: str
 ) -> ThreadingHTTPServer:
+    """Serve GET /metrics (Prometheus text format) and GET /healthz (alias /health, the
+    JSON body and status of `health()`) on host:port; port 0 picks a free one."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server API
             path = self.path.split("?", 1)[0]
@@ -37,5 +42,5 @@ def serve(
             logger.debug(format, *args)
 
     server = ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, name="trainer-http", daemon=True).start()
+    threading.Thread(target=server.serve_forever, name=f"{name}-http", daemon=True).start()
     return server
