@@ -56,8 +56,9 @@ class Settings(BaseSettings):
     )
     exactly_once: bool = Field(
         default=False,
-        description="Faust processing guarantee exactly_once (Apache Kafka only; the embedded "
-        "broker lacks transactions, so this is refused there).",
+        description="Exactly-once stream processing: the worker's outputs, changelog, df "
+        "partials and input offsets of a batch commit in one Kafka transaction (Apache Kafka "
+        "only; the embedded broker lacks transactions, so this is refused there).",
     )
 
     # --- Local state -------------------------------------------------------
