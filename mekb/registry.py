@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from mekb.durable import fsync_path, fsync_tree, write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 Kind = Literal["full", "items"]
@@ -89,36 +91,6 @@ def bundle_files(root: Path) -> list[str]:
         for p in root.rglob("*")
         if p.is_file() and p.relative_to(root).as_posix() != MANIFEST
     )
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    # Files first, then every directory bottom-up, so the renames below are durable.
-    dirs = [root]
-    for p in root.rglob("*"):
-        if p.is_file():
-            _fsync_path(p)
-        elif p.is_dir():
-            dirs.append(p)
-    for d in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
-        _fsync_path(d)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -288,10 +260,10 @@ class Registry:
             )
             manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
             # 4. durable, then 5. visible in one rename
-            _fsync_tree(staging)
+            fsync_tree(staging)
             final = self.versions_dir / name
             os.rename(staging, final)
-            _fsync_path(self.versions_dir)
+            fsync_path(self.versions_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -307,7 +279,7 @@ class Registry:
         mv = self.verify(version) if verify else self.get(version)
         previous = self.active_version()
         self.root.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.active_file, version + "\n")
+        write_text_atomic(self.active_file, version + "\n")
         self._append_history({"op": "activate", "version": version, "previous": previous})
         logger.info("registry: active version %s (was %s)", version, previous)
         return mv
@@ -332,7 +304,7 @@ class Registry:
         current = self.active_version()
         target = self.rollback_target()
         mv = self.verify(target)
-        _write_atomic(self.active_file, target + "\n")
+        write_text_atomic(self.active_file, target + "\n")
         self._append_history({"op": "rollback", "version": target, "previous": current})
         logger.info("registry: rolled back %s -> %s", current, target)
         return mv

@@ -43,11 +43,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from mekb.durable import write_text_atomic
 from trainer.data.mekb import MeKBBuilder
 from trainer.data.scenario import Scenario
 from trainer.losses import multi_positive_softmax, sampled_softmax_logq
 from trainer.model import EmbedMe
-from trainer.optim import build_scheduler, make_optimizer
+from trainer.optim import (
+    build_scheduler,
+    make_optimizer,
+    optimizer_state_from_safetensors,
+    optimizer_state_to_safetensors,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -172,39 +178,20 @@ def ensure_items(model: EmbedMe, scenario: Scenario) -> None:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def save_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
     """Optimiser state without pickle: tensors → safetensors, the rest → JSON."""
-    state = optimizer.state_dict()
-    tensors: dict[str, Tensor] = {}
-    meta: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
-    for pid, pstate in state["state"].items():
-        entry = {}
-        for key, value in pstate.items():
-            if isinstance(value, Tensor):
-                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
-                entry[key] = {"tensor": f"{pid}.{key}"}
-            else:
-                entry[key] = value
-        meta["state"][str(pid)] = entry
+    tensors, meta = optimizer_state_to_safetensors(optimizer.state_dict())
     save_file(tensors, str(directory / OPT_TENSORS))
     _write_json_atomic(directory / OPT_META, meta)
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
     meta = json.loads((directory / OPT_META).read_text(encoding="utf-8"))
-    tensors = load_file(str(directory / OPT_TENSORS))
-    state: dict[int, dict[str, Any]] = {}
-    for pid, entry in meta["state"].items():
-        state[int(pid)] = {
-            k: tensors[v["tensor"]] if isinstance(v, dict) and "tensor" in v else v
-            for k, v in entry.items()
-        }
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    optimizer.load_state_dict(
+        optimizer_state_from_safetensors(load_file(str(directory / OPT_TENSORS)), meta))
 
 
 def save_checkpoint(

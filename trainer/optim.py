@@ -13,6 +13,7 @@ wants the paper's 5e-4 (MEKB_TRAINER_OPTIMIZER=lamb MEKB_TRAINER_LR=5e-4).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -86,3 +87,33 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: cosine_with_warmup(step, warmup_steps, total_steps)
     )
+
+
+def optimizer_state_to_safetensors(
+    state: dict[str, Any],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimiser state_dict into tensors (for safetensors) and JSON-able
+    scalars and param groups: checkpoints never pickle."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
+    for pid, slots in state["state"].items():
+        scalars["state"].setdefault(str(pid), {})
+        for name, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars["state"][str(pid)][name] = value
+    return tensors, scalars
+
+
+def optimizer_state_from_safetensors(
+    tensors: dict[str, torch.Tensor], scalars: dict[str, Any]
+) -> dict[str, Any]:
+    """The inverse of `optimizer_state_to_safetensors`, for `load_state_dict`."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    for pid, slots in scalars["state"].items():
+        state.setdefault(int(pid), {}).update(slots)
+    return {"state": state, "param_groups": scalars["param_groups"]}

@@ -48,7 +48,7 @@ def test_crash_before_pointer_move_keeps_previous(
     def boom(*args: object, **kwargs: object) -> None:
         raise OSError("disk gone")
 
-    monkeypatch.setattr("trainer.online.checkpoint.os.replace", boom)
+    monkeypatch.setattr("mekb.durable.os.replace", boom)
     with pytest.raises(OSError):
         store.save(TrainerState(step=2), model.state_dict())
     monkeypatch.undo()

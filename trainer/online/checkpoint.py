@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mekb.durable import fsync_tree, write_text_atomic
+from trainer.optim import optimizer_state_from_safetensors, optimizer_state_to_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -45,47 +47,6 @@ class TrainerState:
     @classmethod
     def from_json(cls, text: str) -> TrainerState:
         return cls(**json.loads(text))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(path: Path) -> None:
-    for child in path.rglob("*"):
-        if child.is_file():
-            with open(child, "rb") as fh:
-                os.fsync(fh.fileno())
-    _fsync_dir(path)
-
-
-def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split a torch optimiser state_dict into tensors (safetensors) and JSON scalars."""
-    import torch
-
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
-    for pid, slots in state["state"].items():
-        for name, value in slots.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{pid}.{name}"] = value.detach().cpu().contiguous()
-            else:
-                scalars["state"].setdefault(str(pid), {})[name] = value
-    return tensors, scalars
-
-
-def unflatten_optimizer(tensors: dict[str, Any], scalars: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = value
-    for pid, slots in scalars["state"].items():
-        state.setdefault(int(pid), {}).update(slots)
-    return {"state": state, "param_groups": scalars["param_groups"]}
 
 
 @dataclass(frozen=True)
@@ -132,19 +93,14 @@ class CheckpointStore:
         save_file({k: v.detach().cpu().contiguous() for k, v in model_tensors.items()},
                   str(tmp / "model.safetensors"))
         if optimizer_state is not None:
-            tensors, scalars = flatten_optimizer(optimizer_state)
+            tensors, scalars = optimizer_state_to_safetensors(optimizer_state)
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             (tmp / "optimizer.json").write_text(json.dumps(scalars))
         (tmp / "state.json").write_text(state.to_json())
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         final = self.root / f"ckpt-{state.step:09d}-{uuid.uuid4().hex[:6]}"
         tmp.rename(final)
-        pointer_tmp = self.root / "LATEST.tmp"
-        pointer_tmp.write_text(final.name)
-        with open(pointer_tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(pointer_tmp, self.root / "LATEST")
-        _fsync_dir(self.root)
+        write_text_atomic(self.root / "LATEST", final.name)
         self._prune(final.name)
         return Checkpoint(final, state)
 
@@ -154,7 +110,7 @@ class CheckpointStore:
         if not ckpt.optimizer_file.exists():
             return None
         scalars = json.loads((ckpt.path / "optimizer.json").read_text())
-        return unflatten_optimizer(load_file(str(ckpt.optimizer_file)), scalars)
+        return optimizer_state_from_safetensors(load_file(str(ckpt.optimizer_file)), scalars)
 
     def _prune(self, current: str) -> None:
         """Drop unfinished temp dirs and all but the newest `keep` checkpoints."""
