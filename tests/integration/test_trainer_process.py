@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from mekb.broker import free_port
 from mekb.registry import Registry
 from mekb.settings import Settings
 from mekb.topics import create_topics
+from tests.integration.helpers import ChildProcess
 from tests.integration.streams_helpers import produce, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -53,7 +53,9 @@ def trainer_env(settings: Settings, port: int, **extra: str) -> dict[str, str]:
     return env
 
 
-class Trainer:
+class Trainer(ChildProcess):
+    stop_grace_s = 60.0
+
     def __init__(self, settings: Settings, log: Path, **extra: str) -> None:
         self.port = free_port()
         self.log = log
@@ -92,20 +94,6 @@ class Trainer:
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 total += float(line.rsplit(" ", 1)[1])
         return total
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return int(self.proc.returncode)
 
 
 TASTES = {
