@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
     from mekb.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
+
+# Trainer cadence of the demo, unless set in the environment: the first version with
+# items (which recommendations need) a minute after the replay starts.
+DEMO_DEFAULTS = {"MEKB_TRAINER_PUBLISH_INTERVAL_S": "60"}
 
 
 def up(
@@ -90,6 +95,11 @@ def up(
             "MEKB_BROKER_FLAVOR": "tansu",
             "MEKB_DATA_DIR": str(data_dir),
         }
+        # The demo should show recommendations within a minute or two, not after the
+        # production cadence (5,000 examples or 15 minutes); an explicit setting wins.
+        for name, value in DEMO_DEFAULTS.items():
+            if name not in os.environ:
+                env[name] = value
         supervisor = Supervisor(log_dir, env)
         try:
             created = create_topics(settings)
@@ -164,6 +174,8 @@ def _banner(settings: Settings, version: str, log_dir: Path, prom_url: str | Non
         f"  user embedding   curl {api}/v1/users/u1/embedding",
         f"  user's MeKB      curl {api}/v1/users/u1/mekb",
         f"  recommendations  curl '{api}/v1/users/u1/recommendations?domain=action&k=10'",
+        "                   (once the trainer has published a version with items: within "
+        "MEKB_TRAINER_PUBLISH_INTERVAL_S, 60 s by default in mekb up)",
         f"  API docs         {api}/docs",
         f"  metrics          worker :{settings.worker_port}/metrics, trainer "
         f":{settings.trainer_port}/metrics, serving :{settings.serving_port}/metrics, "
