@@ -33,9 +33,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mekb.durable import fsync_path, fsync_tree, write_text_atomic
+
+if TYPE_CHECKING:
+    from mekb.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -407,10 +410,9 @@ def _same_fs(a: Path, b: Path) -> bool:
         return False
 
 
-def registry_root(settings: Any) -> Path:
+def registry_root(settings: Settings) -> Path:
     """`MEKB_REGISTRY_DIR`, else `$MEKB_DATA_DIR/registry`."""
-    configured = getattr(settings, "registry_dir", None)
-    return Path(configured) if configured else Path(settings.data_dir) / "registry"
+    return settings.registry_dir or settings.data_dir / "registry"
 
 
 def model_update_event(mv: ModelVersion) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from typing import Any
 
 import orjson
 
+from mekb.rocksdb import write_atomically
+
 logger = logging.getLogger(__name__)
 
 USER = b"u:"
@@ -202,16 +204,8 @@ class Replica:
                 else:
                     self._db[key] = value
             return
-        from rocksdict import WriteBatch
-
-        batch = WriteBatch(raw_mode=True)
-        for key, value in writes.items():
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
         # One WriteBatch: records and their offsets land together or not at all.
-        self._db.write(batch)
+        write_atomically(self._db, writes)
 
     def count_users(self) -> int:
         """Number of users (a scan: for tests and the startup log only)."""

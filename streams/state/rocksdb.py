@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from mekb.rocksdb import write_atomically
 from streams.state.base import StateStore
 
 logger = logging.getLogger(__name__)
@@ -27,16 +28,8 @@ class RocksDBStore(StateStore):
         return None if value is None else bytes(value)
 
     def write(self, changes: Mapping[bytes, bytes | None]) -> None:
-        from rocksdict import WriteBatch
-
-        batch = WriteBatch(raw_mode=True)
-        for key, value in changes.items():
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
         # One WriteBatch: a crash leaves either all of a flush or none of it on disk.
-        self._db.write(batch)
+        write_atomically(self._db, changes)
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         it = self._db.iter()

@@ -107,11 +107,7 @@ class OnlineTrainer:
         self.announce = announce
         self.topic = settings.topic("training-examples")
         if settings.trainer_freeze_layers:
-            freeze = getattr(model, "freeze_lower_layers", None)
-            if freeze is None:
-                logger.warning("this EmbedMe cannot freeze layers: fine-tuning everything")
-            else:
-                freeze(settings.trainer_freeze_layers)
+            model.freeze_lower_layers(settings.trainer_freeze_layers)
         self.optimizer = build_optimizer(model, settings)
         if optimizer_state is not None:
             try:
