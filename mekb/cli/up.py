@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,17 @@ logger = logging.getLogger(__name__)
 # Trainer cadence of the demo, unless set in the environment: the first version with
 # items (which recommendations need) a minute after the replay starts.
 DEMO_DEFAULTS = {"MEKB_TRAINER_PUBLISH_INTERVAL_S": "60"}
+
+
+def component_env(bootstrap: str, data_dir: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """What `mekb up` adds to its children's environment: the embedded broker, the data
+    directory and the demo defaults. The demo should show recommendations within a
+    minute or two, not after the production cadence (5,000 examples or 15 minutes), so
+    DEMO_DEFAULTS apply unless `environ` sets them."""
+    env = {"MEKB_BOOTSTRAP_SERVERS": bootstrap, "MEKB_BROKER_FLAVOR": "tansu",
+           "MEKB_DATA_DIR": str(data_dir)}
+    env.update({k: v for k, v in DEMO_DEFAULTS.items() if k not in environ})
+    return env
 
 
 def up(
@@ -90,16 +102,7 @@ def up(
             bootstrap_servers=broker.bootstrap_servers, broker_flavor="tansu",
             data_dir=data_dir, broker_port=broker.port,
         )
-        env = {
-            "MEKB_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-            "MEKB_BROKER_FLAVOR": "tansu",
-            "MEKB_DATA_DIR": str(data_dir),
-        }
-        # The demo should show recommendations within a minute or two, not after the
-        # production cadence (5,000 examples or 15 minutes); an explicit setting wins.
-        for name, value in DEMO_DEFAULTS.items():
-            if name not in os.environ:
-                env[name] = value
+        env = component_env(broker.bootstrap_servers, data_dir, os.environ)
         supervisor = Supervisor(log_dir, env)
         try:
             created = create_topics(settings)

@@ -89,3 +89,15 @@ def test_config_masks_secrets() -> None:
     assert result.returncode == 0
     assert "hunter2" not in result.stdout
     assert "MEKB_SASL_PASSWORD" in result.stdout
+
+
+def test_up_gives_the_demo_a_short_publish_interval_unless_configured(tmp_path) -> None:
+    from mekb.cli.up import component_env
+    from mekb.settings import Settings
+
+    env = component_env("127.0.0.1:9", tmp_path, {})
+    assert env["MEKB_BOOTSTRAP_SERVERS"] == "127.0.0.1:9"
+    assert Settings(**{"trainer_publish_interval_s": env["MEKB_TRAINER_PUBLISH_INTERVAL_S"]}
+                    ).trainer_publish_interval_s == 60.0
+    own = component_env("127.0.0.1:9", tmp_path, {"MEKB_TRAINER_PUBLISH_INTERVAL_S": "5"})
+    assert "MEKB_TRAINER_PUBLISH_INTERVAL_S" not in own  # the user's value reaches the child
