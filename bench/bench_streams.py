@@ -11,7 +11,12 @@ Per run, on fresh topics of one broker (the embedded Tansu unless --bootstrap):
 4. a fresh worker process (same RocksDB, items replicated from item-entities at start)
    consumes them; end-to-end rate = events handled / time, taken from its /metrics
    (counters move only after a batch is durable and its offsets are committed), from
-   the first completed batch to the last; peak RSS = the worker's VmHWM.
+   the first completed batch to the last; peak RSS = the worker's VmHWM; CPU share =
+   CPU seconds of the worker (and of the embedded broker) over the same window — near
+   100 % means the worker is CPU-bound, well below means it waits on the broker.
+   The end is polled every 0.25 s: a /metrics scrape renders every series and costs
+   the worker CPU (Prometheus scrapes every 15 s), so polling it at 10-50 Hz
+   would slow what is measured; the rate is understated by at most 0.25 s.
 With --faust the run also measures a faust-streaming agent that only counts events
 from `stream.take()` (no processing, no state): the ceiling a Faust runtime would have.
 Medians of --repeat runs; ratios are against the baseline of the same run.
@@ -82,6 +87,17 @@ async def _raw_consume(settings: Settings, n: int) -> float:
         await consumer.stop()
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    if pid is None:
+        return float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class WorkerProc:
     def __init__(self, settings: Settings, alias: Path, log: Path,
                  profile: Path | None = None) -> None:
@@ -94,6 +110,7 @@ class WorkerProc:
             "MEKB_ALIAS_TABLE": str(alias), "MEKB_WORKER_ID": "bench",
             "MEKB_WORKER_PORT": str(self.port), "MEKB_LOG_LEVEL": "WARNING",
             "MEKB_TARGET_DOMAINS": settings.target_domains,
+            "MEKB_WORKER_BATCH_MAX": str(settings.worker_batch_max),
         })
         self.log = log
         prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
@@ -188,7 +205,7 @@ def _faust_rate(settings: Settings, n: int) -> float:
 
 
 def one_run(base: Settings, alias: Path, log: EventLog, work: Path, faust: bool,
-            profile: Path | None = None) -> dict[str, float]:
+            profile: Path | None = None, broker_pid: int | None = None) -> dict[str, float]:
     prefix = f"bench{uuid.uuid4().hex[:8]}-"
     settings = Settings(**{**base.model_dump(), "topic_prefix": prefix,
                            "data_dir": work / prefix})
@@ -216,13 +233,18 @@ def one_run(base: Settings, alias: Path, log: EventLog, work: Path, faust: bool,
             return first > 0
 
         t0 = worker.wait(started_, "first batch", every=0.02)
-        t1 = worker.wait(lambda: worker.handled() >= len(pairs), "all events", timeout_s=600)
+        cpu0 = cpu_seconds(worker.proc.pid), cpu_seconds(broker_pid)
+        t1 = worker.wait(lambda: worker.handled() >= len(pairs), "all events", timeout_s=600,
+                         every=0.25)
+        cpu1 = cpu_seconds(worker.proc.pid), cpu_seconds(broker_pid)
         rss = worker.peak_rss_mib()
     finally:
         worker.stop()
     rate = (len(pairs) - first) / (t1 - t0)
     row = {"events": float(len(pairs)), "produce_rate": produce_rate, "raw_rate": raw_rate,
-           "rate": rate, "ratio": rate / raw_rate, "peak_rss_mib": rss}
+           "rate": rate, "ratio": rate / raw_rate, "peak_rss_mib": rss,
+           "worker_cpu": (cpu1[0] - cpu0[0]) / (t1 - t0),
+           "broker_cpu": (cpu1[1] - cpu0[1]) / (t1 - t0)}
     if faust:
         row["faust_rate"] = _faust_rate(settings, len(pairs))
         row["faust_ratio"] = row["faust_rate"] / raw_rate
@@ -245,6 +267,8 @@ def main() -> None:
     parser.add_argument("--flavor", default="tansu", choices=("tansu", "kafka"))
     parser.add_argument("--target-domains", default="action",
                         help="MEKB_TARGET_DOMAINS of the worker ('none': no training examples)")
+    parser.add_argument("--batch-max", type=int, default=Settings().worker_batch_max,
+                        help="MEKB_WORKER_BATCH_MAX of the worker (default: the worker's)")
     parser.add_argument("--faust", action="store_true",
                         help="also measure a no-op faust-streaming take() agent")
     parser.add_argument("--profile", type=Path,
@@ -263,11 +287,13 @@ def main() -> None:
         broker = EmbeddedBroker(log_path=work / "tansu.log").start()
         bootstrap = broker.bootstrap_servers
     base = Settings(bootstrap_servers=bootstrap, broker_flavor=args.flavor,
-                    partitions=args.partitions, data_dir=work, target_domains=args.target_domains)
+                    partitions=args.partitions, data_dir=work, target_domains=args.target_domains,
+                    worker_batch_max=args.batch_max)
     rows = []
     try:
         for i in range(args.repeat):
-            row = one_run(base, work / "alias", log, work, args.faust, args.profile)
+            row = one_run(base, work / "alias", log, work, args.faust, args.profile,
+                          broker.pid if broker is not None else None)
             rows.append(row)
             print(f"run {i + 1}: " + "  ".join(f"{k} {v:,.2f}" for k, v in row.items()),
                   flush=True)
@@ -286,6 +312,8 @@ def main() -> None:
         print(f"  faust take() no-op    {med['faust_rate']:>10,.0f} events/s   "
               f"({med['faust_ratio']:.1%} of raw)")
     print(f"  worker peak RSS       {med['peak_rss_mib']:>10,.0f} MiB")
+    print(f"  CPU share (measured)  worker {med['worker_cpu']:.0%}, broker "
+          f"{med['broker_cpu']:.0%} of one core")
     print(f"  producer (aiokafka)   {med['produce_rate']:>10,.0f} events/s")
 
 

@@ -75,11 +75,13 @@ def rank(
         (-((k if k <= k_star else k_star * (1.0 + log(k / k_star))) * idf_of(e)), e)
         for e, k in counts.items() if k > 0
     ]
-    total = -sum(map(itemgetter(0), weighted))
+    # fsum: exactly rounded, so the total does not depend on the entities' order and a
+    # caller that keeps weights in another order (streams/partition.py) gets the same.
+    total = -math.fsum(map(itemgetter(0), weighted))
     if total <= 0:  # every idf is 0: fall back to s(k) alone
         weighted = [(-(k if k <= k_star else k_star * (1.0 + log(k / k_star))), e)
                     for e, k in counts.items() if k > 0]
-        total = -sum(map(itemgetter(0), weighted))
+        total = -math.fsum(map(itemgetter(0), weighted))
     if total <= 0:
         return []
     weighted.sort()

@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from mekb.events import EventError, InteractionEvent
-from mekb.scoring import idf, rank
+from mekb.scoring import idf, rank, smooth
 from streams.catalog import ItemCatalog, LinkedItem
 from streams.codec import UserState, dumps, event_hash, loads, parse_interaction_fast
 from streams.config import StreamConfig
@@ -53,7 +55,9 @@ def store_prefix(partition: int) -> bytes:
     return b"%d/" % partition
 
 
-@dataclass(frozen=True)
+# Slotted, not frozen: one of each is made per input record and per output record, and
+# a frozen dataclass costs three times as much to build (~0.5 µs vs ~0.15 µs).
+@dataclass(slots=True)
 class InRecord:
     offset: int
     key: bytes | None
@@ -61,7 +65,7 @@ class InRecord:
     topic: str = "interactions"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Output:
     """A record for partition p of a logical output topic."""
 
@@ -154,6 +158,10 @@ class MeKBPartition:
         self._park_order: deque[tuple[float, str, str]] = deque()
         self._forwarded: set[str] = set()
         self._view: _IdfView | None = None
+        # Per user, for one idf view: entity -> (-s(k)·idf, entity, output object), and
+        # the entities changed since (see `example_entities`).
+        self._books: dict[str, tuple[dict[str, tuple[float, str, dict[str, object]]],
+                                     set[str]]] = {}
 
     # --- loading -----------------------------------------------------------
     def load(self) -> None:
@@ -213,6 +221,36 @@ class MeKBPartition:
         return [{"id": e, "title": titles.get(e) or title(e), "k": counts[e],
                  "score": score} for e, score in rank(counts, view.__getitem__, self.config.k_star)]
 
+    def example_entities(self, user_id: str, counts: dict[str, float]) -> list[dict[str, object]]:
+        """`scored(counts)` for a training example, exactly (same weights, order, total
+        and division), memoised per user while the idf view holds: a heavy user gets an
+        example every few events, and between two only the entities of the events in
+        between change (`_apply` marks those), so only they are re-weighed and only
+        their output objects rebuilt."""
+        view = self._view
+        if view is None:
+            view = self._view = _IdfView(self.df_of, self.n_users())
+        book = self._books.get(user_id)
+        if book is None:
+            entries: dict[str, tuple[float, str, dict[str, object]]] = {}
+            dirty: Iterable[str] = counts
+        else:
+            entries, dirty = book
+        k_star, titles, title = self.config.k_star, self.catalog.titles, self.catalog.title
+        for e in dirty:
+            k = counts.get(e)
+            if k is not None and k > 0:
+                entries[e] = (-(smooth(k, k_star) * view[e]), e,
+                              {"id": e, "title": titles.get(e) or title(e), "k": k, "score": 0.0})
+        self._books[user_id] = (entries, set())
+        weighted = sorted(entries.values())  # (-weight, id): ids are unique, no dict compared
+        total = -math.fsum(map(itemgetter(0), weighted))
+        if total <= 0:  # every idf is 0: rank's fallback
+            return self.scored(counts)
+        for v, _, entity in weighted:
+            entity["score"] = -v / total  # the objects are serialised before they change
+        return [entity for _, _, entity in weighted]
+
     # --- parking -----------------------------------------------------------
     def _park(self, item: str, event_id: str, parked: _Parked) -> None:
         self.parked.setdefault(item, {})[event_id] = parked
@@ -252,6 +290,7 @@ class MeKBPartition:
         now = time.time() if now is None else now
         plan = FlushPlan(self.partition)
         self._view = None  # the df table may have moved since the last batch
+        self._books.clear()
         before: dict[str, set[str]] = {}
         touched: dict[str, UserState] = {}
 
@@ -340,27 +379,24 @@ class MeKBPartition:
         if user_id not in before:
             before[user_id] = set(state.counts)
             touched[user_id] = state
-        counts = state.counts
         if not from_park and event.domain in self.config.target_domains:
             # Point in time: the MeKB as it stands before this event. A parked event is
             # applied after later events of its user, so it gets no example (no leakage).
             plan.outputs.append(Output("training-examples", user_id.encode(), dumps({
                 "v": 1, "example_id": event.event_id, "user_id": user_id, "ts": event.ts,
                 "domain": event.domain, "item_id": event.item_id,
-                "mekb_version": state.version, "entities": self.scored(counts),
+                "mekb_version": state.version,
+                "entities": self.example_entities(user_id, state.counts),
             })))
             plan.outcomes["example"] += 1
-        weight = event.weight
-        for entity_id, _, entity_weight in item.entities:
-            counts[entity_id] = counts.get(entity_id, 0.0) + weight * entity_weight
-        excess = len(counts) - self.config.max_entities
-        if excess > 0:
-            # Evict the lowest k (ties: smallest id); df follows from the end-of-batch diff.
-            # (k, id) pairs: the same order as sorting by k then id, compared in C.
-            pairs = zip(counts.values(), counts, strict=True)
-            victims = [min(pairs)] if excess == 1 else sorted(pairs)[:excess]
-            for _, entity_id in victims:
-                del counts[entity_id]
+        evicted = state.add(item.entities, event.weight, self.config.max_entities)
+        book = self._books.get(user_id)
+        if book is not None:
+            entries, dirty = book
+            for entity_id, _, _ in item.entities:
+                dirty.add(entity_id)
+            for entity_id in evicted:
+                entries.pop(entity_id, None)
         state.version += 1
         state.ts = event.ts
         state.remember_event(event_hash(event.event_id), self.config.dedupe_window)
@@ -384,6 +420,7 @@ class MeKBPartition:
             if bool(after) != bool(was):
                 self.n_p += 1 if after else -1
         self._view = None  # df_p moved: mekb-updates score with the new values
+        self._books.clear()
         for entity_id in changed:
             value = self.df_p.get(entity_id, 0)
             if value == 0:

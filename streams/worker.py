@@ -33,6 +33,10 @@ Commit order of one batch (MeKB agent), per assigned partition p:
   4. df partials of p sent and acknowledged (absolute values: re-published in full
      after every restore, so a crash between 2 and 4 loses nothing);
   5. input offsets committed.
+Batches are pipelined: batch N+1 is processed (in a thread, see `_step`) while batch
+N goes through 1-5, and N+1 starts 1 only after N has committed. If making N durable
+fails, N+1 is never sent and the agent stops (its in-memory state is ahead of what
+is durable); a restart replays from N's committed offsets.
 Delivery guarantee on Tansu (at-least-once + idempotent state): a crash anywhere
 replays from the last committed offset; records the state already holds are dropped
 by the consumed input offset in the changelogged partition meta, and duplicates the
@@ -102,6 +106,8 @@ class StreamWorker:
         self._lock = asyncio.Lock()
         self._producer: Any = None
         self._restorer: Any = None
+        self._inflight: asyncio.Task[None] | None = None  # the batch being made durable
+        self._df_held: list[Any] | None = None  # df-partials read during a batch
         self._n_partitions = settings.partitions
         self.t = settings.topic
 
@@ -182,6 +188,9 @@ class StreamWorker:
         self.metrics.items.set(len(self.catalog))
 
     def _apply_df(self, records: list[Any]) -> None:
+        if self._df_held is not None:  # a batch is being processed: apply after it
+            self._df_held.extend(records)
+            return
         for r in records:
             self.dftable.apply(r.key, r.value)
         self.metrics.df_entities.set(len(self.dftable.df))
@@ -239,7 +248,7 @@ class StreamWorker:
 
     # --- MeKB agent --------------------------------------------------------
     async def _mekb_agent(self, stop: asyncio.Event) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import AIOKafkaConsumer
 
         prof = profile(self.settings)
         consumer = AIOKafkaConsumer(
@@ -259,27 +268,73 @@ class StreamWorker:
             while not stop.is_set():
                 got = await consumer.getmany(timeout_ms=200,
                                              max_records=self.settings.worker_batch_max)
-                started = time.perf_counter()
-                fresh = self.catalog.take_fresh()
-                async with self._lock:
-                    plans = []
-                    now = time.time()
-                    for p, part in self.partitions.items():
-                        recs = got.get(TopicPartition(topic, p), [])
-                        plans.append(part.process(
-                            [InRecord(r.offset, r.key, r.value) for r in recs], fresh, now))
-                    offsets = {TopicPartition(topic, pl.partition): pl.next_offset
-                               for pl in plans if pl.next_offset is not None}
-                    if self.settings.exactly_once:
-                        await self._durable_transaction(plans, offsets)
-                    else:
-                        await self._durable(plans)
-                if not self.settings.exactly_once:
-                    await _commit(consumer, offsets)
-                self._observe(plans, consumer, topic, started)
+                await self._step(got, consumer, topic)
+            await self._drain()
         finally:
             self.health.ready = False
+            if self._inflight is not None and not self._inflight.done():
+                self._inflight.cancel()  # failing anyway: as good as a crash mid-batch
             await consumer.stop()
+
+    async def _step(self, got: dict[Any, list[Any]], consumer: Any, topic: str) -> None:
+        """Process batch N+1 while batch N is being made durable, then hand N+1 to the
+        background once N is durable and committed: batches become durable strictly
+        in order, and the broker's acknowledgements overlap the CPU work.
+
+        The processing runs in a thread so the event loop keeps sending, reading
+        acknowledgements and fetching meanwhile. What that thread reads: the
+        partitions' own state (only it writes that), the item catalog (single dict
+        operations; an item that arrives mid-batch is simply found), the local store
+        (RocksDB is thread-safe) and the df table, whose updates are held back until
+        the batch is done, so a batch sees one df table, as before."""
+        started = time.perf_counter()
+        async with self._lock:
+            fresh = self.catalog.take_fresh()
+            parts = list(self.partitions.values())
+            self._df_held = []
+            try:
+                plans = await asyncio.to_thread(self._process, parts, got, topic, fresh)
+            finally:
+                held, self._df_held = self._df_held, None
+                self._apply_df(held)
+            await self._drain()
+            self._inflight = asyncio.create_task(
+                self._make_durable(plans, consumer, topic, started), name="mekb-durable")
+
+    @staticmethod
+    def _process(parts: list[MeKBPartition], got: dict[Any, list[Any]], topic: str,
+                 fresh: set[str]) -> list[FlushPlan]:
+        from aiokafka import TopicPartition
+
+        now = time.time()
+        return [
+            part.process([InRecord(r.offset, r.key, r.value)
+                          for r in got.get(TopicPartition(topic, part.partition), [])],
+                         fresh, now)
+            for part in parts
+        ]
+
+    async def _drain(self) -> None:
+        """Wait for the batch in flight. If making it durable failed, this raises now
+        and on every later call: the in-memory state is ahead of what is durable, so
+        the agent must stop (a restart replays from the committed offsets)."""
+        task = self._inflight
+        if task is not None:
+            await task
+            self._inflight = None
+
+    async def _make_durable(self, plans: list[FlushPlan], consumer: Any, topic: str,
+                            started: float) -> None:
+        from aiokafka import TopicPartition
+
+        offsets = {TopicPartition(topic, pl.partition): pl.next_offset
+                   for pl in plans if pl.next_offset is not None}
+        if self.settings.exactly_once:
+            await self._durable_transaction(plans, offsets)
+        else:
+            await self._durable(plans)
+            await _commit(consumer, offsets)
+        self._observe(plans, consumer, topic, started)
 
     async def _send_outputs(self, plans: list[FlushPlan]) -> list[asyncio.Future[Any]]:
         futures: list[asyncio.Future[Any]] = []
@@ -390,9 +445,10 @@ class StreamWorker:
             self._sync_health()
 
     async def revoke(self, partitions: list[int]) -> None:
-        # Offsets are committed after every batch, and the lock waits for a batch in
-        # flight: nothing is pending when a partition leaves.
+        # The lock waits for a batch being processed, the drain for the batch being
+        # made durable and committed: nothing is pending when a partition leaves.
         async with self._lock:
+            await self._drain()
             for p in partitions:
                 self.partitions.pop(p, None)
             self._sync_health()

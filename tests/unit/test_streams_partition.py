@@ -161,6 +161,60 @@ def test_df_and_n_are_exact_with_eviction() -> None:
     assert h.df.df == {"kb:A": 2, "kb:C": 1} and h.df.n_users == 2
 
 
+def _evict_by_sorting(counts: dict[str, float], entities: list[tuple[str, str, float]],
+                      weight: float, max_entities: int) -> None:
+    """The definition of top-M eviction: sort every (k, id) pair, drop the lowest."""
+    for entity_id, _, entity_weight in entities:
+        counts[entity_id] = counts.get(entity_id, 0.0) + weight * entity_weight
+    excess = len(counts) - max_entities
+    if excess > 0:
+        for _, entity_id in sorted(zip(counts.values(), counts, strict=True))[:excess]:
+            del counts[entity_id]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_heap_eviction_matches_sorting_every_pair(seed: int) -> None:
+    # Ties on k are frequent (few distinct weights), re-added evicted entities get a
+    # fresh small k, and the state is re-decoded now and then (the heap is rebuilt).
+    rng = random.Random(seed)
+    state, reference = UserState(), {}
+    weights = (1.0, 0.5, 0.3, 0.1)
+    for step in range(3000):
+        entities = [(f"kb:{rng.randrange(60)}", "t", rng.choice(weights))
+                    for _ in range(rng.randint(1, 6))]
+        weight = rng.choice((1.0, 2.0, 0.5))
+        state.add(entities, weight, 20)
+        _evict_by_sorting(reference, entities, weight, 20)
+        assert state.counts == reference, step
+        if step % 500 == 499:
+            state = UserState.decode(state.encode())
+
+
+@pytest.mark.parametrize("n_users", [1, 6])  # 1: every idf is 0 (rank's fallback)
+def test_memoised_example_entities_equal_scoring_from_scratch(n_users: int) -> None:
+    # Two partitions over the same events: one as shipped, one scoring every example
+    # from scratch with `scored` (mekb.scoring.rank); the examples must be byte-equal.
+    rng = random.Random(n_users)
+    config = StreamConfig(max_entities=8, target_domains=frozenset({"action"}))
+    memo, plain = Harness(config), Harness(config)
+    plain.part.example_entities = lambda _user, counts: plain.part.scored(counts)  # type: ignore[method-assign]
+    for i in range(30):
+        linked = item(f"i{i}", *[(f"kb:E{rng.randrange(25)}", rng.choice((1.0, 0.5, 0.3)))
+                                 for _ in range(rng.randint(1, 4))])
+        memo.catalog.put(linked)
+        plain.catalog.put(linked)
+    examples = 0
+    for batch in range(6):
+        records = [ev(f"b{batch}e{j}", f"u{rng.randrange(n_users)}", f"i{rng.randrange(30)}",
+                      domain=rng.choice(("action", "book")))
+                   for j in range(120)]
+        got, want = memo.run(records), plain.run(records)
+        mine = [o.value for o in got.outputs if o.topic == "training-examples"]
+        assert mine == [o.value for o in want.outputs if o.topic == "training-examples"]
+        examples += len(mine)
+    assert examples > 200
+
+
 def test_dedupe_window_survives_reload_and_is_bounded() -> None:
     h = Harness(StreamConfig(dedupe_window=2))
     h.catalog.put(item("i", ("kb:A", 1.0)))
