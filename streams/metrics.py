@@ -54,7 +54,9 @@ class StreamMetrics:
         )
         self.batch_seconds = Histogram(
             "mekb_streams_batch_duration_seconds",
-            "One batch: process, outputs, changelog, RocksDB, df partials, commit.",
+            "One batch, from the start of its processing to its commit (outputs, changelog, "
+            "RocksDB, df partials; the MeKB agent's batches overlap, so it includes the wait for "
+            "the previous one).",
             ["agent"], registry=registry,
         )
         self.restore_seconds = Histogram(

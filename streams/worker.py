@@ -9,10 +9,11 @@ embedded Tansu broker, 2 shared cores; `bench/bench_streams.py --faust`):
   within=0.2)` yields (raw serializers, no state, web off) reads 9-14 k events/s
   on a lightly loaded machine (where this worker, doing all its work, does 21.6 k)
   and 4.4-6.7 k under load, against 140-570 k/s for a raw aiokafka consumer on the
-  same topic in the same run (docs/benchmarks.md). The per-event pipeline (conductor -> topic channel queue -> stream
-  iterator -> take() processor) costs ~11 event-loop callbacks, 4 tasks and 2
-  `mode` wait_first calls per event (cProfile), before any MeKB work: a Faust
-  runtime cannot reach the 20 k interactions/s target.
+  same topic in the same run (docs/benchmarks.md). The per-event pipeline
+  (conductor -> topic channel queue -> stream iterator -> take() processor) costs
+  ~11 event-loop callbacks, 4 tasks and 2 `mode` wait_first calls per event
+  (cProfile), before any MeKB work: a Faust runtime cannot reach the 20 k
+  interactions/s target.
 - Commit order: take() acks the buffered events in a `finally` when the body
   resumes the generator — also when the body raised, so a failed batch would be
   committed by Faust's periodic commit unless the process died first.
