@@ -382,6 +382,13 @@ class Settings(BaseSettings):
         default=10_000, ge=1, le=10_000_000,
         description="Most recent trained examples kept (and checkpointed) for the refit.",
     )
+    trainer_max_lag_records: int = Field(
+        default=0, ge=0,
+        description="When > 0, a training-examples partition more than this many records "
+        "behind skips ahead to its newest this many (freshness over completeness, e.g. a "
+        "CPU trainer on a busy stream); skipped examples are counted as "
+        "mekb_trainer_examples_total{outcome=\"skipped\"}. 0: never skip.",
+    )
     trainer_holdout_fraction: float = Field(
         default=0.05, ge=0.0, lt=1.0,
         description="Share of examples (by hash of example_id) held out for the quality gate "

@@ -253,3 +253,43 @@ def test_trainer_process_publishes_survives_sigkill_and_refits(
     assert state["examples_seen"] >= 120 - len(state["extra"]["holdout"])
     # step 4 of the order: the group's committed offsets are the checkpoint's
     assert committed_offsets(tsettings) == state["offsets"]
+
+
+def produce_one_per_batch(settings: Settings, topic: str,
+                          pairs: list[tuple[bytes, bytes]]) -> None:
+    """One record per record batch: Tansu's high watermark is right only for those."""
+    from kafka import KafkaProducer
+
+    from mekb.kafka_config import kafka_python_config
+
+    producer = KafkaProducer(**kafka_python_config(settings), linger_ms=0)
+    for key, value in pairs:
+        producer.send(settings.topic(topic), key=key, value=value).get(timeout=10)
+    producer.close()
+
+
+def test_trainer_skips_ahead_when_too_far_behind(tsettings: Settings, tmp_path: Path) -> None:
+    # 120 examples wait before the trainer starts; its first poll takes at most 64, so
+    # every partition is then far more than 5 behind and must skip to its newest 5.
+    produce_one_per_batch(tsettings, "training-examples", examples(0, 120))
+    trainer = Trainer(tsettings, tmp_path / "trainer.log", MEKB_TRAINER_MAX_LAG_RECORDS="5",
+                      MEKB_TRAINER_PUBLISH_EVERY="100000")
+    outcome = 'mekb_trainer_examples_total{{outcome="{}"}}'.format
+    try:
+        trainer.wait_healthy()
+
+        def counted() -> float:
+            return sum(trainer.metric(outcome(o))
+                       for o in ("trained", "held_out", "invalid", "skipped"))
+
+        wait_for(lambda: counted() == 120
+                 and trainer.metric("mekb_trainer_consumer_lag_records") == 0,
+                 180, "every example trained, held out or skipped", trainer)
+        skipped = trainer.metric(outcome("skipped"))
+        assert 0 < skipped <= 120 - 5 * tsettings.partitions
+        assert trainer.metric(outcome("trained")) > 0
+        assert "behind: skipped" in trainer.tail()
+    finally:
+        assert trainer.stop() == 0, trainer.tail()
+    # the skip moved the position for good: the checkpoint holds the end of the topic
+    assert sum(checkpoint_state(tsettings)["offsets"].values()) == 120

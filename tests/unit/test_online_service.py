@@ -4,8 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
+from aiokafka import TopicPartition
+from prometheus_client import CollectorRegistry
 
-from trainer.online.service import AlreadyRunning, Health, acquire_lock
+from trainer.online.metrics import TrainerMetrics
+from trainer.online.service import AlreadyRunning, Health, acquire_lock, bound_lag
 
 
 def test_one_trainer_per_registry(tmp_path: Path) -> None:
@@ -24,3 +27,39 @@ def test_healthz_is_ok_only_while_running() -> None:
     health.phase, health.active_version = "running", "v1"
     status, body = health.response()
     assert status == 200 and json.loads(body)["active_version"] == "v1"
+
+
+class _Consumer:
+    def __init__(self, highs: dict[int, int | None]) -> None:
+        self.highs = highs
+        self.seeks: dict[int, int] = {}
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.highs[tp.partition]
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks[tp.partition] = offset
+
+
+class _Trainer:
+    def __init__(self, offsets: dict[str, int]) -> None:
+        self.offsets = offsets
+        self.metrics = TrainerMetrics(CollectorRegistry())
+
+
+def _skipped(trainer: _Trainer) -> float:
+    return trainer.metrics.examples.labels("skipped")._value.get()
+
+
+@pytest.mark.parametrize("max_lag", [0, 10])
+def test_lag_bound_skips_ahead_only_when_set_and_exceeded(max_lag: int) -> None:
+    tps = [TopicPartition("t", p) for p in range(3)]
+    consumer = _Consumer({0: 100, 1: 15, 2: None})  # 2: no watermark yet
+    trainer = _Trainer({"t:0": 40, "t:1": 10, "t:2": 0})
+    lag = bound_lag(consumer, "t", tps, trainer, max_lag)  # type: ignore[arg-type]
+    if max_lag == 0:
+        assert lag == 60 + 5 and consumer.seeks == {} and _skipped(trainer) == 0
+        assert trainer.offsets == {"t:0": 40, "t:1": 10, "t:2": 0}
+    else:  # partition 0 is 60 behind: it moves to the newest 10; partition 1 is fine
+        assert lag == 10 + 5 and consumer.seeks == {0: 90} and _skipped(trainer) == 50
+        assert trainer.offsets == {"t:0": 90, "t:1": 10, "t:2": 0}

@@ -15,7 +15,8 @@ class TrainerMetrics:
         self._item_tower_at = 0.0
         self.examples = Counter(
             "mekb_trainer_examples", "Training-examples records consumed, by outcome "
-            "(trained, held_out, invalid).", ["outcome"], registry=registry)
+            "(trained, held_out, invalid; skipped: passed over by MEKB_TRAINER_MAX_LAG_RECORDS).",
+            ["outcome"], registry=registry)
         self.steps = Counter(
             "mekb_trainer_steps", "Fine-tuning steps.", registry=registry)
         self.loss = Gauge(

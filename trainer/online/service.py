@@ -137,24 +137,49 @@ async def run(settings: Settings, trainer: OnlineTrainer, health: Health,
         max_records = max(64, settings.trainer_batch_size * 4)
         while not stop.is_set():
             got = await consumer.getmany(timeout_ms=POLL_MS, max_records=max_records)
+            # (records fetched before a skip-ahead below may still arrive: below the
+            # position, they are dropped)
             records = [Record(tp.partition, r.offset, r.value)
-                       for tp, recs in got.items() for r in recs]
+                       for tp, recs in got.items() for r in recs
+                       if r.offset >= trainer.offsets.get(_key(topic, tp.partition), 0)]
             offsets = await asyncio.to_thread(trainer.process, records)
             if offsets:
                 await _commit(consumer, topic, offsets)
-            lag = 0
-            for tp in tps:
-                high = consumer.highwater(tp)
-                done = trainer.offsets.get(_key(topic, tp.partition))
-                if high is not None and done is not None:
-                    lag += max(0, int(high) - int(done))
-            trainer.metrics.lag.set(lag)
+            trainer.metrics.lag.set(bound_lag(consumer, topic, tps, trainer,
+                                               settings.trainer_max_lag_records))
             _sync(health, trainer)
         health.phase = "stopping"
         offsets = await asyncio.to_thread(trainer.checkpoint_and_offsets)
         await _commit(consumer, topic, offsets)
     finally:
         await consumer.stop()
+
+
+def bound_lag(consumer: Any, topic: str, tps: list[Any], trainer: OnlineTrainer,
+               max_lag: int) -> int:
+    """Records not consumed yet, summed over partitions. With max_lag > 0 a partition
+    further behind skips ahead to its newest max_lag records: the position (and so the
+    next checkpoint and commit) moves there and the records passed over are counted.
+    Tansu's high watermark can be low, never high, so a skip never passes the end."""
+    lag = 0
+    for tp in tps:
+        high = consumer.highwater(tp)
+        key = _key(topic, tp.partition)
+        done = trainer.offsets.get(key)
+        if high is None or done is None:
+            continue
+        behind = max(0, int(high) - int(done))
+        if max_lag and behind > max_lag:
+            target = int(high) - max_lag
+            consumer.seek(tp, target)
+            trainer.offsets[key] = target
+            trainer.metrics.examples.labels("skipped").inc(target - int(done))
+            logger.warning("training-examples partition %d is %d behind: skipped %d "
+                           "(MEKB_TRAINER_MAX_LAG_RECORDS=%d)", tp.partition, behind,
+                           target - int(done), max_lag)
+            behind = max_lag
+        lag += behind
+    return lag
 
 
 def _sync(health: Health, trainer: OnlineTrainer) -> None:
