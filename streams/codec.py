@@ -51,8 +51,8 @@ class UserState:
     seen: list[str] = field(default_factory=list)  # item ids, oldest first
     _recent_set: set[int] | None = None
     # (k, entity) min-heap for top-M eviction, built the first time the user reaches the
-    # cap. Counts only grow, so an entry whose k differs from counts[e] is stale and is
-    # skipped when popped; every current (k, e) pair is always in the heap.
+    # cap. Every (k, e) is pushed when set, so the current pairs are always in the heap;
+    # an entry whose k differs from counts[e] is stale and is skipped when popped.
     _heap: list[tuple[float, str]] | None = None
 
     def add(self, entities: Iterable[tuple[str, str, float]], weight: float,
