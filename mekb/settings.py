@@ -190,7 +190,8 @@ class Settings(BaseSettings):
     worker_batch_max: int = Field(
         default=10_000, ge=1, le=1_000_000,
         description="Most interactions the stream worker takes per batch (one state write, "
-        "changelog record and mekb-update per user per batch).",
+        "changelog record and mekb-update per user per batch). Two batches are in memory "
+        "at a time: one processed while the previous is made durable.",
     )
     worker_cache_users: int = Field(
         default=200_000, ge=0,
