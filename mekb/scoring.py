@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 
@@ -86,6 +86,53 @@ def rank(
         return []
     weighted.sort()
     return [(e, -v / total) for v, e in weighted]
+
+
+class RankMemo:
+    """`rank` for one MeKB that changes a few entities between calls, under one idf
+    (the stream worker: a heavy user gets a training example every few events).
+
+    Keeps each entity's weight s(k)·idf(e) with an output object and re-weighs only
+    the entities marked `changed` since the last call; entities that left the MeKB
+    must be `removed`. Same weights, order (score descending, id ascending), total
+    (fsum) and division as `rank`, so the scores are identical. The objects are
+    reused: serialise a result before the next call changes their scores.
+    """
+
+    __slots__ = ("_entries", "_changed")
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, str, dict[str, object]]] = {}
+        self._changed: set[str] | None = None  # None: weigh every entity next time
+
+    def changed(self, entity_ids: Iterable[str]) -> None:
+        if self._changed is not None:
+            self._changed.update(entity_ids)
+
+    def removed(self, entity_ids: Iterable[str]) -> None:
+        for entity_id in entity_ids:
+            self._entries.pop(entity_id, None)
+
+    def rank(
+        self, counts: Mapping[str, float], idf_of: Callable[[str], float],
+        make: Callable[[str, float], dict[str, object]], k_star: float = DEFAULT_K_STAR,
+    ) -> list[dict[str, object]] | None:
+        """The objects best first, each with its "score" set; `make(entity, k)` builds
+        the object of a re-weighed entity. None when every idf is 0 (`rank` then
+        falls back to s(k) alone)."""
+        entries = self._entries
+        for e in counts if self._changed is None else self._changed:
+            k = counts.get(e)
+            if k is not None and k > 0:
+                entries[e] = (-(smooth(k, k_star) * idf_of(e)), e, make(e, k))
+        self._changed = set()
+        weighted = sorted(entries.values())  # ids are unique: objects never compared
+        total = -math.fsum(map(itemgetter(0), weighted))
+        if total <= 0:
+            return None
+        for v, _, obj in weighted:
+            obj["score"] = -v / total
+        return [obj for _, _, obj in weighted]
 
 
 def sequence_text(titles: Sequence[str], max_tokens: int = DEFAULT_MAX_TOKENS) -> str:

@@ -26,15 +26,13 @@ from __future__ import annotations
 
 import base64
 import logging
-import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from operator import itemgetter
 
 from mekb.events import EventError, InteractionEvent
-from mekb.scoring import idf, rank, smooth
+from mekb.scoring import RankMemo, idf, rank
 from streams.catalog import ItemCatalog, LinkedItem
 from streams.codec import UserState, dumps, event_hash, loads, parse_interaction_fast
 from streams.config import StreamConfig
@@ -158,10 +156,8 @@ class MeKBPartition:
         self._park_order: deque[tuple[float, str, str]] = deque()
         self._forwarded: set[str] = set()
         self._view: _IdfView | None = None
-        # Per user, for one idf view: entity -> (-s(k)·idf, entity, output object), and
-        # the entities changed since (see `example_entities`).
-        self._books: dict[str, tuple[dict[str, tuple[float, str, dict[str, object]]],
-                                     set[str]]] = {}
+        # Per user, for one idf view: the ranking of the last training example.
+        self._memos: dict[str, RankMemo] = {}
 
     # --- loading -----------------------------------------------------------
     def load(self) -> None:
@@ -222,34 +218,23 @@ class MeKBPartition:
                  "score": score} for e, score in rank(counts, view.__getitem__, self.config.k_star)]
 
     def example_entities(self, user_id: str, counts: dict[str, float]) -> list[dict[str, object]]:
-        """`scored(counts)` for a training example, exactly (same weights, order, total
-        and division), memoised per user while the idf view holds: a heavy user gets an
-        example every few events, and between two only the entities of the events in
-        between change (`_apply` marks those), so only they are re-weighed and only
-        their output objects rebuilt."""
+        """`scored(counts)` for a training example, identical to it, memoised per user
+        while the idf view holds (`mekb.scoring.RankMemo`): between two examples of a
+        user only the entities of the events in between (`_apply` marks them) are
+        re-weighed and get new output objects."""
         view = self._view
         if view is None:
             view = self._view = _IdfView(self.df_of, self.n_users())
-        book = self._books.get(user_id)
-        if book is None:
-            entries: dict[str, tuple[float, str, dict[str, object]]] = {}
-            dirty: Iterable[str] = counts
-        else:
-            entries, dirty = book
-        k_star, titles, title = self.config.k_star, self.catalog.titles, self.catalog.title
-        for e in dirty:
-            k = counts.get(e)
-            if k is not None and k > 0:
-                entries[e] = (-(smooth(k, k_star) * view[e]), e,
-                              {"id": e, "title": titles.get(e) or title(e), "k": k, "score": 0.0})
-        self._books[user_id] = (entries, set())
-        weighted = sorted(entries.values())  # (-weight, id): ids are unique, no dict compared
-        total = -math.fsum(map(itemgetter(0), weighted))
-        if total <= 0:  # every idf is 0: rank's fallback
-            return self.scored(counts)
-        for v, _, entity in weighted:
-            entity["score"] = -v / total  # the objects are serialised before they change
-        return [entity for _, _, entity in weighted]
+        memo = self._memos.get(user_id)
+        if memo is None:
+            memo = self._memos[user_id] = RankMemo()
+        # (serialised by the caller before the next example reuses the objects)
+        ranked = memo.rank(counts, view.__getitem__, self._entity_object, self.config.k_star)
+        return self.scored(counts) if ranked is None else ranked  # None: every idf is 0
+
+    def _entity_object(self, entity_id: str, k: float) -> dict[str, object]:
+        return {"id": entity_id, "title": self.catalog.titles.get(entity_id)
+                or self.catalog.title(entity_id), "k": k, "score": 0.0}
 
     # --- parking -----------------------------------------------------------
     def _park(self, item: str, event_id: str, parked: _Parked) -> None:
@@ -290,7 +275,7 @@ class MeKBPartition:
         now = time.time() if now is None else now
         plan = FlushPlan(self.partition)
         self._view = None  # the df table may have moved since the last batch
-        self._books.clear()
+        self._memos.clear()
         before: dict[str, set[str]] = {}
         touched: dict[str, UserState] = {}
 
@@ -390,13 +375,10 @@ class MeKBPartition:
             })))
             plan.outcomes["example"] += 1
         evicted = state.add(item.entities, event.weight, self.config.max_entities)
-        book = self._books.get(user_id)
-        if book is not None:
-            entries, dirty = book
-            for entity_id, _, _ in item.entities:
-                dirty.add(entity_id)
-            for entity_id in evicted:
-                entries.pop(entity_id, None)
+        memo = self._memos.get(user_id)
+        if memo is not None:
+            memo.changed(entity_id for entity_id, _, _ in item.entities)
+            memo.removed(evicted)
         state.version += 1
         state.ts = event.ts
         state.remember_event(event_hash(event.event_id), self.config.dedupe_window)
@@ -420,7 +402,7 @@ class MeKBPartition:
             if bool(after) != bool(was):
                 self.n_p += 1 if after else -1
         self._view = None  # df_p moved: mekb-updates score with the new values
-        self._books.clear()
+        self._memos.clear()
         for entity_id in changed:
             value = self.df_p.get(entity_id, 0)
             if value == 0:

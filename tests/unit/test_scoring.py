@@ -74,3 +74,29 @@ def test_sequence_text_orders_and_caps() -> None:
     assert text == f"Inception{SEPARATOR}Christopher Nolan"
     titles = [f"t{i}" for i in range(500)]
     assert sequence_text(titles, max_tokens=8).count("[SEP]") == 3
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rank_memo_equals_rank_as_a_mekb_changes(seed: int) -> None:
+    import random
+
+    from mekb.scoring import RankMemo, rank
+
+    rng = random.Random(seed)
+    idfs = {f"e{i}": rng.choice((0.5, 1.0, 2.0, math.log(7))) for i in range(30)}
+    counts: dict[str, float] = {}
+    memo = RankMemo()
+    for _ in range(300):
+        touched = {f"e{rng.randrange(30)}" for _ in range(rng.randint(1, 4))}
+        for e in touched:
+            counts[e] = counts.get(e, 0.0) + rng.choice((0.3, 1.0, 2.0))
+        gone = [e for e in list(counts) if len(counts) > 12 and rng.random() < 0.05]
+        for e in gone:
+            del counts[e]
+        memo.changed(touched)
+        memo.removed(gone)
+        got = memo.rank(counts, idfs.__getitem__, lambda e, k: {"id": e, "k": k})
+        assert got is not None
+        assert [(o["id"], o["score"]) for o in got] == rank(counts, idfs.__getitem__)
+        assert all(o["k"] == counts[str(o["id"])] for o in got)
+    assert RankMemo().rank({"a": 1.0}, lambda e: 0.0, lambda e, k: {}) is None

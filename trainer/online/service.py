@@ -156,7 +156,7 @@ async def run(settings: Settings, trainer: OnlineTrainer, health: Health,
 
 
 def bound_lag(consumer: Any, topic: str, tps: list[Any], trainer: OnlineTrainer,
-               max_lag: int) -> int:
+              max_lag: int) -> int:
     """Records not consumed yet, summed over partitions. With max_lag > 0 a partition
     further behind skips ahead to its newest max_lag records: the position (and so the
     next checkpoint and commit) moves there and the records passed over are counted.
