@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -75,16 +76,17 @@ def rank(
         (-((k if k <= k_star else k_star * (1.0 + log(k / k_star))) * idf_of(e)), e)
         for e, k in counts.items() if k > 0
     ]
-    # fsum: exactly rounded, so the total does not depend on the entities' order and a
-    # caller that keeps weights in another order (streams/partition.py) gets the same.
-    total = -math.fsum(map(itemgetter(0), weighted))
+    weighted.sort()
+    # Summed in that order (score descending, id ascending): the total depends on the
+    # MeKB alone, not on the order its entities were counted in, so RankMemo, which
+    # keeps its weights in the same order, gets the same total bit for bit.
+    total = -sum(map(itemgetter(0), weighted))
     if total <= 0:  # every idf is 0: fall back to s(k) alone
-        weighted = [(-(k if k <= k_star else k_star * (1.0 + log(k / k_star))), e)
-                    for e, k in counts.items() if k > 0]
-        total = -math.fsum(map(itemgetter(0), weighted))
+        weighted = sorted((-(k if k <= k_star else k_star * (1.0 + log(k / k_star))), e)
+                          for e, k in counts.items() if k > 0)
+        total = -sum(map(itemgetter(0), weighted))
     if total <= 0:
         return []
-    weighted.sort()
     return [(e, -v / total) for v, e in weighted]
 
 
@@ -92,17 +94,20 @@ class RankMemo:
     """`rank` for one MeKB that changes a few entities between calls, under one idf
     (the stream worker: a heavy user gets a training example every few events).
 
-    Keeps each entity's weight s(k)·idf(e) with an output object and re-weighs only
-    the entities marked `changed` since the last call; entities that left the MeKB
-    must be `removed`. Same weights, order (score descending, id ascending), total
-    (fsum) and division as `rank`, so the scores are identical. The objects are
-    reused: serialise a result before the next call changes their scores.
+    Keeps each entity's weight s(k)·idf(e) with an output object, in (weight, id)
+    order, and re-weighs only the entities marked `changed` since the last call;
+    entities that left the MeKB must be `removed`. A re-weighed entity moves by
+    bisection, so a call costs O(changes·log M) plus the normalisation instead of a
+    sort of all M entities. Same weights, order (score descending, id ascending),
+    total (summed in that order) and division as `rank`, so the scores are identical. The objects
+    are reused: serialise a result before the next call changes their scores.
     """
 
-    __slots__ = ("_entries", "_changed")
+    __slots__ = ("_entries", "_order", "_changed")
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[float, str, dict[str, object]]] = {}
+        self._order: list[tuple[float, str, dict[str, object]]] = []  # sorted entries
         self._changed: set[str] | None = None  # None: weigh every entity next time
 
     def changed(self, entity_ids: Iterable[str]) -> None:
@@ -111,7 +116,14 @@ class RankMemo:
 
     def removed(self, entity_ids: Iterable[str]) -> None:
         for entity_id in entity_ids:
-            self._entries.pop(entity_id, None)
+            self._drop(entity_id)
+
+    def _drop(self, entity_id: str) -> None:
+        entry = self._entries.pop(entity_id, None)
+        if entry is not None:
+            # Ids are unique, so the tuple compares equal only to itself (its object
+            # is the same object): bisection lands on it without comparing objects.
+            del self._order[bisect_left(self._order, entry)]
 
     def rank(
         self, counts: Mapping[str, float], idf_of: Callable[[str], float],
@@ -120,19 +132,27 @@ class RankMemo:
         """The objects best first, each with its "score" set; `make(entity, k)` builds
         the object of a re-weighed entity. None when every idf is 0 (`rank` then
         falls back to s(k) alone)."""
-        entries = self._entries
-        for e in counts if self._changed is None else self._changed:
-            k = counts.get(e)
-            if k is not None and k > 0:
-                entries[e] = (-(smooth(k, k_star) * idf_of(e)), e, make(e, k))
+        entries, order = self._entries, self._order
+        if self._changed is None:
+            entries.clear()
+            for e, count in counts.items():
+                if count > 0:
+                    entries[e] = (-(smooth(count, k_star) * idf_of(e)), e, make(e, count))
+            order[:] = sorted(entries.values())
+        else:
+            for e in self._changed:
+                self._drop(e)
+                k = counts.get(e)
+                if k is not None and k > 0:
+                    entry = entries[e] = (-(smooth(k, k_star) * idf_of(e)), e, make(e, k))
+                    insort(order, entry)
         self._changed = set()
-        weighted = sorted(entries.values())  # ids are unique: objects never compared
-        total = -math.fsum(map(itemgetter(0), weighted))
+        total = -sum(map(itemgetter(0), order))
         if total <= 0:
             return None
-        for v, _, obj in weighted:
+        for v, _, obj in order:
             obj["score"] = -v / total
-        return [obj for _, _, obj in weighted]
+        return [obj for _, _, obj in order]
 
 
 def sequence_text(titles: Sequence[str], max_tokens: int = DEFAULT_MAX_TOKENS) -> str:

@@ -289,7 +289,8 @@ class MeKBPartition:
                                            key=lambda kv: kv[1].offset):
                 self._unpark(item_id, event_id, plan)
                 event = parse_interaction_fast(parked.raw)
-                self._apply(event, item, plan, before, touched, from_park=True)
+                self._apply(event, event_hash(event.event_id), item, plan, before, touched,
+                            from_park=True)
         self._expire(now, plan)
 
         for rec in records:
@@ -326,7 +327,8 @@ class MeKBPartition:
             plan.outcomes["ignored"] += 1
             return
         state = self.user(event.user_id)
-        if state.seen_event(event_hash(event.event_id)):
+        h = event_hash(event.event_id)
+        if state.seen_event(h):
             plan.outcomes["duplicate"] += 1
             return
         item = self.catalog.get(event.item_id)
@@ -354,9 +356,9 @@ class MeKBPartition:
             return
         # The same event may still be parked (a copy arrived before its item did).
         self._unpark(event.item_id, event.event_id, plan)
-        self._apply(event, item, plan, before, touched, from_park=False)
+        self._apply(event, h, item, plan, before, touched, from_park=False)
 
-    def _apply(self, event: InteractionEvent, item: LinkedItem, plan: FlushPlan,
+    def _apply(self, event: InteractionEvent, h: int, item: LinkedItem, plan: FlushPlan,
                before: dict[str, set[str]], touched: dict[str, UserState],
                *, from_park: bool) -> None:
         state = self.user(event.user_id)
@@ -381,7 +383,7 @@ class MeKBPartition:
             memo.removed(evicted)
         state.version += 1
         state.ts = event.ts
-        state.remember_event(event_hash(event.event_id), self.config.dedupe_window)
+        state.remember_event(h, self.config.dedupe_window)
         state.remember_item(event.item_id, self.config.seen_items)
         plan.outcomes["unparked" if from_park else "applied"] += 1
         plan.event_times.append(event.ts)

@@ -100,3 +100,19 @@ def test_rank_memo_equals_rank_as_a_mekb_changes(seed: int) -> None:
         assert [(o["id"], o["score"]) for o in got] == rank(counts, idfs.__getitem__)
         assert all(o["k"] == counts[str(o["id"])] for o in got)
     assert RankMemo().rank({"a": 1.0}, lambda e: 0.0, lambda e, k: {}) is None
+
+
+def test_rank_does_not_depend_on_the_order_entities_were_counted_in() -> None:
+    import random
+
+    from mekb.scoring import rank
+
+    rng = random.Random(7)
+    # Weights of many magnitudes, where a float sum in another order rounds differently.
+    counts = {f"e{i}": rng.choice((0.1, 0.3, 7.0, 1e3, 1e6)) * rng.random() for i in range(128)}
+    idfs = {e: rng.choice((0.01, 0.7, 3.0)) for e in counts}
+    want = rank(counts, idfs.__getitem__)
+    for _ in range(5):
+        keys = list(counts)
+        rng.shuffle(keys)
+        assert rank({e: counts[e] for e in keys}, idfs.__getitem__) == want  # bit for bit
