@@ -240,6 +240,9 @@ def one_run(base: Settings, alias: Path, log: EventLog, work: Path, faust: bool,
         rss = worker.peak_rss_mib()
     finally:
         worker.stop()
+    if first >= len(pairs):
+        raise SystemExit(f"all {len(pairs):,} records were handled in the worker's first batch, "
+                         "which the rate is timed from: raise --events or lower --batch-max")
     rate = (len(pairs) - first) / (t1 - t0)
     row = {"events": float(len(pairs)), "produce_rate": produce_rate, "raw_rate": raw_rate,
            "rate": rate, "ratio": rate / raw_rate, "peak_rss_mib": rss,
