@@ -112,6 +112,8 @@ class WorkerProc:
             "MEKB_TARGET_DOMAINS": settings.target_domains,
             "MEKB_WORKER_BATCH_MAX": str(settings.worker_batch_max),
         })
+        if settings.example_entities is not None:
+            env["MEKB_EXAMPLE_ENTITIES"] = str(settings.example_entities)
         self.log = log
         prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
         self.proc = subprocess.Popen([sys.executable, *prof, "-m", "mekb.cli.main", "worker"],
@@ -270,6 +272,9 @@ def main() -> None:
     parser.add_argument("--flavor", default="tansu", choices=("tansu", "kafka"))
     parser.add_argument("--target-domains", default="action",
                         help="MEKB_TARGET_DOMAINS of the worker ('none': no training examples)")
+    parser.add_argument("--example-entities", type=int, default=None,
+                        help="MEKB_EXAMPLE_ENTITIES of the worker (default: the worker's, "
+                        "MEKB_TRAINER_MAX_TOKENS // 2 = 64; 0: the whole MeKB)")
     parser.add_argument("--batch-max", type=int, default=Settings().worker_batch_max,
                         help="MEKB_WORKER_BATCH_MAX of the worker (default: the worker's)")
     parser.add_argument("--faust", action="store_true",
@@ -291,7 +296,7 @@ def main() -> None:
         bootstrap = broker.bootstrap_servers
     base = Settings(bootstrap_servers=bootstrap, broker_flavor=args.flavor,
                     partitions=args.partitions, data_dir=work, target_domains=args.target_domains,
-                    worker_batch_max=args.batch_max)
+                    worker_batch_max=args.batch_max, example_entities=args.example_entities)
     rows = []
     try:
         for i in range(args.repeat):
@@ -305,8 +310,13 @@ def main() -> None:
             broker.stop()
         shutil.rmtree(work, ignore_errors=True)
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    from streams.config import StreamConfig
+
+    limit = StreamConfig.from_settings(base).example_entities
+    examples = ("no training examples" if args.target_domains == "none" else
+                f"training examples of {limit or 'all'} entities at most (MEKB_EXAMPLE_ENTITIES)")
     print(f"\nmedian of {len(rows)} runs, {int(med['events']):,} interactions, "
-          f"{args.users:,} users, {args.partitions} partitions:")
+          f"{args.users:,} users, {args.partitions} partitions, {examples}:")
     print(f"  worker end-to-end     {med['rate']:>10,.0f} events/s   "
           f"(target >= {TARGET_RATE:,.0f})")
     print(f"  raw aiokafka consume  {med['raw_rate']:>10,.0f} events/s")

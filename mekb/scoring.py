@@ -128,10 +128,12 @@ class RankMemo:
     def rank(
         self, counts: Mapping[str, float], idf_of: Callable[[str], float],
         make: Callable[[str, float], dict[str, object]], k_star: float = DEFAULT_K_STAR,
+        limit: int = 0,
     ) -> list[dict[str, object]] | None:
         """The objects best first, each with its "score" set; `make(entity, k)` builds
-        the object of a re-weighed entity. None when every idf is 0 (`rank` then
-        falls back to s(k) alone)."""
+        the object of a re-weighed entity. With `limit`, only the first `limit` (their
+        scores still normalised over every entity). None when every idf is 0 (`rank`
+        then falls back to s(k) alone)."""
         entries, order = self._entries, self._order
         if self._changed is None:
             entries.clear()
@@ -150,9 +152,10 @@ class RankMemo:
         total = -sum(map(itemgetter(0), order))
         if total <= 0:
             return None
-        for v, _, obj in order:
+        top = order[:limit] if limit else order
+        for v, _, obj in top:
             obj["score"] = -v / total
-        return [obj for _, _, obj in order]
+        return [obj for _, _, obj in top]
 
 
 def sequence_text(titles: Sequence[str], max_tokens: int = DEFAULT_MAX_TOKENS) -> str:

@@ -168,6 +168,14 @@ class Settings(BaseSettings):
         default=128, ge=1, le=100_000,
         description="Top-M entities kept per user (lowest k evicted; df stays exact).",
     )
+    example_entities: int | None = Field(
+        default=None, ge=0, le=100_000,
+        description="Entities per training example, best first (their scores stay "
+        "normalised over the whole MeKB). Unset = MEKB_TRAINER_MAX_TOKENS // 2, the most "
+        "titles a model of that length can read (a title and its [SEP] take at least two "
+        "tokens), so nothing it reads is cut; 0 = the whole MeKB. The trainer counts "
+        "examples cut short of what its model reads (mekb_trainer_examples_cut_total).",
+    )
     mekb_seen_items: int = Field(
         default=50, ge=0, le=10_000,
         description="Most recent item ids kept per user (`seen_items` of mekb-updates).",

@@ -79,8 +79,10 @@ TRAINER = Dashboard(
     "mekb-trainer", "MeKB-Stream / Trainer",
     "Continuous fine-tuning: throughput, loss, publications, quality gate, item tower age.",
     (
-        Panel("Training examples consumed/s",
-              (("sum(rate(mekb_trainer_examples_total[5m]))", "examples/s"),), "ops"),
+        Panel("Training examples/s by outcome",
+              (("sum by (outcome) (rate(mekb_trainer_examples_total[5m]))", "{{outcome}}"),
+               ("sum(rate(mekb_trainer_examples_cut_total[5m]))", "cut short of the model")),
+              "ops", "cut: fewer entities than the model reads (MEKB_EXAMPLE_ENTITIES)."),
         Panel("Loss", (("avg(mekb_trainer_loss)", "loss"),), "short"),
         Panel("Step time p50/p99",
               ((_p50("mekb_trainer_step_duration_seconds"), "p50"),

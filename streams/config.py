@@ -24,6 +24,7 @@ class StreamConfig:
     positive_actions: frozenset[str] = frozenset()
     k_star: float = 5.0
     max_entities: int = 128
+    example_entities: int = 0  # 0: the whole MeKB
     seen_items: int = 50
     dedupe_window: int = 128
     park_max: int = 100_000
@@ -38,6 +39,9 @@ class StreamConfig:
             positive_actions=_csv(settings.positive_actions),
             k_star=settings.k_star,
             max_entities=settings.mekb_max_entities,
+            example_entities=(settings.trainer_max_tokens // 2
+                              if settings.example_entities is None
+                              else settings.example_entities),
             seen_items=settings.mekb_seen_items,
             dedupe_window=settings.dedupe_window,
             park_max=settings.park_max,

@@ -218,10 +218,11 @@ class MeKBPartition:
                  "score": score} for e, score in rank(counts, view.__getitem__, self.config.k_star)]
 
     def example_entities(self, user_id: str, counts: dict[str, float]) -> list[dict[str, object]]:
-        """`scored(counts)` for a training example, identical to it, memoised per user
-        while the idf view holds (`mekb.scoring.RankMemo`): between two examples of a
-        user only the entities of the events in between (`_apply` marks them) are
-        re-weighed and get new output objects."""
+        """The first `example_entities` of `scored(counts)` for a training example,
+        identical to them, memoised per user while the idf view holds
+        (`mekb.scoring.RankMemo`): between two examples of a user only the entities of
+        the events in between (`_apply` marks them) are re-weighed and get new output
+        objects."""
         view = self._view
         if view is None:
             view = self._view = _IdfView(self.df_of, self.n_users())
@@ -229,8 +230,13 @@ class MeKBPartition:
         if memo is None:
             memo = self._memos[user_id] = RankMemo()
         # (serialised by the caller before the next example reuses the objects)
-        ranked = memo.rank(counts, view.__getitem__, self._entity_object, self.config.k_star)
-        return self.scored(counts) if ranked is None else ranked  # None: every idf is 0
+        limit = self.config.example_entities
+        ranked = memo.rank(counts, view.__getitem__, self._entity_object, self.config.k_star,
+                           limit)
+        if ranked is None:  # every idf is 0
+            ranked = self.scored(counts)
+            return ranked[:limit] if limit else ranked
+        return ranked
 
     def _entity_object(self, entity_id: str, k: float) -> dict[str, object]:
         return {"id": entity_id, "title": self.catalog.titles.get(entity_id)
@@ -372,7 +378,7 @@ class MeKBPartition:
             plan.outputs.append(Output("training-examples", user_id.encode(), dumps({
                 "v": 1, "example_id": event.event_id, "user_id": user_id, "ts": event.ts,
                 "domain": event.domain, "item_id": event.item_id,
-                "mekb_version": state.version,
+                "mekb_version": state.version, "mekb_size": len(state.counts),
                 "entities": self.example_entities(user_id, state.counts),
             })))
             plan.outcomes["example"] += 1

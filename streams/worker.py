@@ -7,7 +7,7 @@ measured here (faust-streaming 0.15.3, mode-streaming 0.7.1, aiokafka 0.14.0, th
 embedded Tansu broker, 2 shared cores; `bench/bench_streams.py --faust`):
 - Throughput: a Faust agent whose body only counts what `stream.take(10_000,
   within=0.2)` yields (raw serializers, no state, web off) reads 9-14 k events/s
-  on a lightly loaded machine (where this worker, doing all its work, does 19-22 k)
+  on a lightly loaded machine (where this worker, doing all its work, does 25-27 k)
   and 4.4-6.7 k under load, against 140-570 k/s for a raw aiokafka consumer on the
   same topic in the same run (docs/benchmarks.md). The per-event pipeline
   (conductor -> topic channel queue -> stream iterator -> take() processor) costs

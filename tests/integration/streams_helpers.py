@@ -35,6 +35,8 @@ def worker_env(settings: Settings, alias: Path, worker_id: str, port: int) -> di
         "MEKB_TARGET_DOMAINS": settings.target_domains,
         "MEKB_MEKB_MAX_ENTITIES": str(settings.mekb_max_entities),
     })
+    if settings.example_entities is not None:
+        env["MEKB_EXAMPLE_ENTITIES"] = str(settings.example_entities)
     return env
 
 

@@ -39,8 +39,9 @@ def alias(tmp_path: Path) -> Path:
 @pytest.fixture
 def wsettings(settings: Settings) -> Settings:
     # Top-M eviction is order-dependent by design: the exactness tests keep every entity
-    # (eviction's df bookkeeping is unit-tested).
-    big = Settings(**{**settings.model_dump(), "mekb_max_entities": 100_000})
+    # (eviction's df bookkeeping is unit-tested), and examples carry all of them.
+    big = Settings(**{**settings.model_dump(), "mekb_max_entities": 100_000,
+                      "example_entities": 0})
     create_topics(big)
     return big
 
@@ -185,6 +186,43 @@ def check_examples(settings: Settings, log: EventLog, alias: Path) -> None:
             assert set(got) == set(floor)
             checked += 1
     assert checked >= len(examples) // 5  # users untouched by late items: exact equality
+
+
+def test_examples_carry_the_best_entities_scored_over_the_whole_mekb(
+    settings: Settings, alias: Path, tmp_path: Path
+) -> None:
+    cut = Settings(**{**settings.model_dump(), "example_entities": 3})
+    create_topics(cut)
+    log = generate(n_users=12, n_items=40, n_events=500, n_entities=60, seed=3)
+    ref, ref_df, ref_n = reference(cut, alias, log)
+    ents = linked(cut, alias, log)
+    produce(cut, "items", items_pairs(log.items))
+    worker = Worker(cut, alias, "w1", tmp_path / "w1.log")
+    try:
+        worker.wait_ready()
+        worker.wait_items(len(log.items))
+        produce(cut, "interactions", events_pairs(log))
+        wait_exact(cut, ref, ref_df, ref_n)
+    finally:
+        assert worker.stop() == 0
+    by_id = {str(e["event_id"]): n for n, e in enumerate(log.valid)}
+    examples = [json.loads(r.value) for r in read_topic(cut, "training-examples")]
+    assert len(examples) > 50
+    wider = 0
+    for ex in examples:
+        pos = by_id[ex["example_id"]]
+        before = reference_counts([e for e in log.valid[:pos] if e["user_id"] == ex["user_id"]],
+                                  lambda i: ents[i]).get(str(ex["user_id"]), {})
+        got = ex["entities"]
+        assert ex["mekb_size"] == len(before)  # the whole MeKB before the event ...
+        assert len(got) == min(3, len(before))  # ... of which the best three
+        assert all(e["k"] == pytest.approx(before[e["id"]]) for e in got)
+        scores = [e["score"] for e in got]
+        assert scores == sorted(scores, reverse=True)
+        if len(before) > 3:
+            wider += 1
+            assert 0 < sum(scores) < 1  # normalised over the whole MeKB, not the three
+    assert wider > len(examples) // 2
 
 
 def test_sigkill_restart_and_lost_rocksdb_stay_exact(

@@ -111,6 +111,15 @@ def test_parse_example() -> None:
     assert good.titles == ("Alpha", "Beta") and good.item_id == "i9" and good.ts == 5.0
     assert good.text(32) == "Alpha [SEP] Beta"
     assert Example.from_json(good.to_json()) == good
+    assert good.mekb_size == 2 and not good.cut_short(512)  # no mekb_size: nothing cut
+    cut = parse_example(b'{"v": 1, "example_id": "e1", "user_id": "u", "domain": "d", '
+                        b'"item_id": "i", "mekb_size": 9, '
+                        b'"entities": [{"id": "kb:A", "title": "Alpha", "score": 0.6}]}')
+    assert cut.mekb_size == 9 and cut.cut_short(8) and not cut.cut_short(3)
+    for size in (b"-1", b'"9"', b"true", b"1.5"):
+        with pytest.raises(InvalidExample, match="mekb_size"):
+            parse_example(b'{"v":1,"example_id":"e","user_id":"u","domain":"d","item_id":"i",'
+                          b'"entities":[],"mekb_size":' + size + b"}")
     for bad in (b"", b"nope", b"[1]", b'{"v": 2}', b'{"v": 1, "example_id": "e"}',
                 b'{"v":1,"example_id":"e","user_id":"u","domain":"d","item_id":"",'
                 b'"entities":[]}'):

@@ -140,6 +140,12 @@ def test_training_extends_items_and_learns(tmp_path: Path, tiny_encoder: str) ->
     rows = {i: r for r, i in enumerate(t.model.item_ids)}
     assert min(scores[rows[f"s{k}"]] for k in range(3)) > max(
         scores[rows[f"c{k}"]] for k in range(3))
+    # Examples cut below the 8 titles a 16-token model reads, while the MeKB had more.
+    assert h.metric("mekb_trainer_examples_cut_total") == 0
+    cut = json.loads(example(1, "s1", ["Apollo", "rocket"]))
+    t.process([Record(0, 100, json.dumps({**cut, "mekb_size": 30}).encode()),
+               Record(0, 101, json.dumps({**cut, "mekb_size": 2}).encode())])
+    assert h.metric("mekb_trainer_examples_cut_total") == 1
 
 
 def test_publication_order_and_crash_recovery(

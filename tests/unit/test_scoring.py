@@ -95,9 +95,11 @@ def test_rank_memo_equals_rank_as_a_mekb_changes(seed: int) -> None:
             del counts[e]
         memo.changed(touched)
         memo.removed(gone)
-        got = memo.rank(counts, idfs.__getitem__, lambda e, k: {"id": e, "k": k})
+        limit = rng.choice((0, 0, 1, 5))
+        got = memo.rank(counts, idfs.__getitem__, lambda e, k: {"id": e, "k": k}, limit=limit)
         assert got is not None
-        assert [(o["id"], o["score"]) for o in got] == rank(counts, idfs.__getitem__)
+        want = rank(counts, idfs.__getitem__)
+        assert [(o["id"], o["score"]) for o in got] == want[:limit or None]
         assert all(o["k"] == counts[str(o["id"])] for o in got)
     assert RankMemo().rank({"a": 1.0}, lambda e: 0.0, lambda e, k: {}) is None
 

@@ -190,14 +190,18 @@ def test_heap_eviction_matches_sorting_every_pair(seed: int) -> None:
             state = UserState.decode(state.encode())
 
 
-@pytest.mark.parametrize("n_users", [1, 6])  # 1: every idf is 0 (rank's fallback)
-def test_memoised_example_entities_equal_scoring_from_scratch(n_users: int) -> None:
+# n_users 1: every idf is 0 (rank's fallback); limit: MEKB_EXAMPLE_ENTITIES (0 = all).
+@pytest.mark.parametrize(("n_users", "limit"), [(1, 0), (6, 0), (1, 3), (6, 3)])
+def test_memoised_example_entities_equal_scoring_from_scratch(n_users: int, limit: int) -> None:
     # Two partitions over the same events: one as shipped, one scoring every example
-    # from scratch with `scored` (mekb.scoring.rank); the examples must be byte-equal.
+    # from scratch with `scored` (mekb.scoring.rank) and cutting that list; the examples
+    # must be byte-equal.
     rng = random.Random(n_users)
-    config = StreamConfig(max_entities=8, target_domains=frozenset({"action"}))
+    config = StreamConfig(max_entities=8, target_domains=frozenset({"action"}),
+                          example_entities=limit)
     memo, plain = Harness(config), Harness(config)
-    plain.part.example_entities = lambda _user, counts: plain.part.scored(counts)  # type: ignore[method-assign]
+    plain.part.example_entities = (  # type: ignore[method-assign]
+        lambda _user, counts: plain.part.scored(counts)[:limit or None])
     for i in range(30):
         linked = item(f"i{i}", *[(f"kb:E{rng.randrange(25)}", rng.choice((1.0, 0.5, 0.3)))
                                  for _ in range(rng.randint(1, 4))])
@@ -212,6 +216,11 @@ def test_memoised_example_entities_equal_scoring_from_scratch(n_users: int) -> N
         mine = [o.value for o in got.outputs if o.topic == "training-examples"]
         assert mine == [o.value for o in want.outputs if o.topic == "training-examples"]
         examples += len(mine)
+        for value in map(json.loads, mine):
+            size, entities = value["mekb_size"], value["entities"]
+            assert len(entities) == (min(limit, size) if limit else size)
+            if limit and size > limit and n_users > 1:  # scores of the whole MeKB, cut
+                assert sum(e["score"] for e in entities) < 1.0
     assert examples > 200
 
 
@@ -305,3 +314,13 @@ def test_item_agent_relinks_a_changed_item_only() -> None:
                        InRecord(3, b"i1", b"{", "items")], 0, catalog)
     assert [i.title for i in changed.to_link] == ["Inception 2"]  # the batch's latest wins
     assert changed.outcomes["dead_letter"] == 1 and changed.next_offset == 4
+
+
+def test_examples_default_to_what_the_trainers_model_reads() -> None:
+    from mekb.settings import Settings
+
+    # A model of max_tokens reads at most max_tokens // 2 titles (sequence_text).
+    assert StreamConfig.from_settings(Settings(trainer_max_tokens=64)).example_entities == 32
+    assert StreamConfig.from_settings(Settings()).example_entities == 64
+    assert StreamConfig.from_settings(
+        Settings(trainer_max_tokens=64, example_entities=0)).example_entities == 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mekb.scoring import sequence_text
@@ -30,6 +30,14 @@ class Example:
     item_id: str
     ts: float
     titles: tuple[str, ...]
+    # Entities of the user's MeKB when the example was made (`titles` may hold only the
+    # best of them: the stream worker's MEKB_EXAMPLE_ENTITIES). Not checkpointed.
+    mekb_size: int = field(default=0, compare=False)
+
+    def cut_short(self, max_tokens: int) -> bool:
+        """Whether a model of `max_tokens` would read more titles than the example has
+        while the MeKB had more (`sequence_text` reads up to max_tokens // 2)."""
+        return len(self.titles) < min(self.mekb_size, max_tokens // 2)
 
     def text(self, max_tokens: int) -> str:
         return sequence_text(list(self.titles), max_tokens)
@@ -74,5 +82,8 @@ def parse_example(value: bytes | None) -> Example:
         title = ent.get("title") if isinstance(ent, dict) else None
         if isinstance(title, str) and title:
             titles.append(title)
+    size = data.get("mekb_size", len(entities))  # absent before the field existed
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InvalidExample("mekb_size must be a non-negative integer")
     return Example(ids["example_id"], ids["user_id"], ids["domain"], ids["item_id"], ts,
-                   tuple(titles))
+                   tuple(titles), size)

@@ -125,6 +125,7 @@ class OnlineTrainer:
         self.offsets: dict[str, int] = dict(state.offsets)  # next offset, all consumed
         self.since_publish = int(extra.get("since_publish", 0))
         self.since_checkpoint = 0
+        self._warned_cut = False  # examples cut short of the model's input: warned once
         self.state_dirty = False  # state changed without new weights (a publication)
         self.last_checkpoint_at = time.time()
         self.last_publish_try = state.last_publish_at or time.time()
@@ -160,6 +161,16 @@ class OnlineTrainer:
                 logger.warning("skipping training example at %s:%d@%d: %s", self.topic,
                                rec.partition, rec.offset, exc)
                 continue
+            if ex.cut_short(self.model.config.max_tokens):
+                self.metrics.examples_cut.inc()
+                if not self._warned_cut:
+                    self._warned_cut = True
+                    logger.warning(
+                        "training examples carry %d of the user's %d entities, fewer than "
+                        "the %d titles this %d-token model reads: raise MEKB_EXAMPLE_ENTITIES "
+                        "on the stream worker (0 = the whole MeKB)", len(ex.titles),
+                        ex.mekb_size, self.model.config.max_tokens // 2,
+                        self.model.config.max_tokens)
             if not self.model.has_item(ex.item_id):
                 new_items.setdefault(ex.item_id, ex.domain)
             if is_held_out(ex.example_id, frac):

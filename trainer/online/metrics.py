@@ -17,6 +17,11 @@ class TrainerMetrics:
             "mekb_trainer_examples", "Training-examples records consumed, by outcome "
             "(trained, held_out, invalid; skipped: passed over by MEKB_TRAINER_MAX_LAG_RECORDS).",
             ["outcome"], registry=registry)
+        self.examples_cut = Counter(
+            "mekb_trainer_examples_cut",
+            "Training examples with fewer entities than the model reads (max_tokens // 2 "
+            "titles) while the user's MeKB had more: the stream worker's "
+            "MEKB_EXAMPLE_ENTITIES is below what the model can use.", registry=registry)
         self.steps = Counter(
             "mekb_trainer_steps", "Fine-tuning steps.", registry=registry)
         self.loss = Gauge(
