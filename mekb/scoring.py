@@ -99,8 +99,9 @@ class RankMemo:
     entities that left the MeKB must be `removed`. A re-weighed entity moves by
     bisection, so a call costs O(changes·log M) plus the normalisation instead of a
     sort of all M entities. Same weights, order (score descending, id ascending),
-    total (summed in that order) and division as `rank`, so the scores are identical. The objects
-    are reused: serialise a result before the next call changes their scores.
+    total (summed in that order) and division as `rank`, so the scores are
+    identical. The objects are reused: serialise a result before the next call
+    changes their scores.
     """
 
     __slots__ = ("_entries", "_order", "_changed")
