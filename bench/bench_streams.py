@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from mekb.broker import EmbeddedBroker, free_port  # noqa: E402
 from mekb.settings import Settings  # noqa: E402
 from mekb.topics import create_topics  # noqa: E402
+from streams.config import StreamConfig  # noqa: E402
 from streams.synthetic import EventLog, alias_rows, generate  # noqa: E402
 
 TARGET_RATE = 20_000.0
@@ -310,8 +311,6 @@ def main() -> None:
             broker.stop()
         shutil.rmtree(work, ignore_errors=True)
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-    from streams.config import StreamConfig
-
     limit = StreamConfig.from_settings(base).example_entities
     examples = ("no training examples" if args.target_domains == "none" else
                 f"training examples of {limit or 'all'} entities at most (MEKB_EXAMPLE_ENTITIES)")
