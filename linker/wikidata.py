@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,15 @@ class WikidataStats:
     aliases: int = 0
 
 
-def entities(reader: DumpReader) -> Iterator[dict[str, Any]]:
-    """Entity objects of the dump; DumpError names the line and byte of a bad one."""
+def entities(
+    reader: DumpReader, on_bad: Callable[[str, str], None] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Entity objects of the dump; DumpError names the line and byte of a bad one.
+
+    With `on_bad(reason, where)` a bad line is reported there and skipped instead (the
+    knowledge-graph builder counts them; the alias table must not be built from a
+    dump it cannot fully read, so it keeps the error).
+    """
     line_no = 0
     while True:
         offset = reader.consumed
@@ -55,19 +62,23 @@ def entities(reader: DumpReader) -> Iterator[dict[str, Any]]:
             continue
         if text.endswith(b","):
             text = text[:-1]
+        where = f"{reader.path}: line {line_no} (uncompressed byte {offset})"
         try:
             obj = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
             reason = "truncated line" if not raw.endswith(b"\n") else "not a JSON object"
+            if on_bad is not None:
+                on_bad(reason, where)
+                continue
             raise DumpError(
                 f"{reader.path}: {reason} at line {line_no} (uncompressed byte {offset}): "
                 f"{str(exc).splitlines()[0]}"
             ) from None
         if not isinstance(obj, dict):
-            raise DumpError(
-                f"{reader.path}: line {line_no} (uncompressed byte {offset}) is not an entity "
-                "object"
-            )
+            if on_bad is not None:
+                on_bad("not an entity object", where)
+                continue
+            raise DumpError(f"{where} is not an entity object")
         yield obj
 
 

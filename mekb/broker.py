@@ -82,6 +82,11 @@ class EmbeddedBroker:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The running Tansu process (watched by `mekb up`'s supervisor)."""
+        return self._proc
+
     def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
         url = f"tcp://{LOOPBACK}:{self.port}"
         cmd = [

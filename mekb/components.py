@@ -1,7 +1,8 @@
-"""The component processes `mekb up` starts, in start order, with their health URLs.
+"""The component processes `mekb up` starts, in start order, with their health and
+metrics URLs.
 
 Every process binds 127.0.0.1 on its configured port (MEKB_WORKER_PORT,
-MEKB_TRAINER_PORT, MEKB_SERVING_PORT, MEKB_MONITOR_PORT).
+MEKB_TRAINER_PORT, MEKB_SERVING_PORT, MEKB_MONITOR_PORT; `mekb up --worker-port` etc.).
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ LOCAL = "127.0.0.1"
 
 def components(settings: Settings) -> list[Component]:
     """Stream worker, trainer, serving and drift monitor on top of the broker."""
-    return [
-        Component("worker", ("worker",), f"http://{LOCAL}:{settings.worker_port}/healthz"),
-        Component("trainer", ("trainer",), f"http://{LOCAL}:{settings.trainer_port}/healthz"),
-        Component("serving", ("serve",), f"http://{LOCAL}:{settings.serving_port}/healthz"),
-        Component("monitor", ("monitor",), f"http://{LOCAL}:{settings.monitor_port}/metrics"),
-    ]
+    out = []
+    for name, argv, port, health in (
+        ("worker", "worker", settings.worker_port, "/healthz"),
+        ("trainer", "trainer", settings.trainer_port, "/healthz"),
+        ("serving", "serve", settings.serving_port, "/healthz"),
+        ("monitor", "monitor", settings.monitor_port, "/metrics"),  # no /healthz of its own
+    ):
+        base = f"http://{LOCAL}:{port}"
+        out.append(Component(name, (argv,), base + health, metrics_url=base + "/metrics"))
+    return out
 
 
 def scrape_targets(settings: Settings) -> dict[str, str]:

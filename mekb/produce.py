@@ -2,19 +2,24 @@
 
 Every line is validated against the event contracts before it is sent. A line
 that fails is never dropped silently: it is counted by reason and written,
-with its line number and the original text, to a rejects file.
+with its line number and the original text, to a rejects file. Nothing is
+changed on the way: a line that is not valid UTF-8 is rejected (`bad_encoding`,
+as the stream worker dead-letters the same bytes) instead of being repaired, and a
+CSV column that is no event field stops the run before anything is sent, unless
+the caller chose to drop such columns (`ignore_extra_columns`).
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import gzip
-import io
+import itertools
 import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -23,6 +28,7 @@ from mekb.events import (
     EventError,
     InteractionEvent,
     ItemEvent,
+    ItemFields,
     encode,
     event_key,
     parse_interaction,
@@ -33,6 +39,17 @@ from mekb.settings import Settings
 logger = logging.getLogger(__name__)
 
 EventKind = Literal["auto", "interaction", "item"]
+# Every column a CSV file may have: the fields of both event kinds, `item.<field>` for
+# the inline item of an interaction.
+CSV_COLUMNS = frozenset(InteractionEvent.model_fields) | frozenset(ItemEvent.model_fields) | {
+    f"item.{name}" for name in ItemFields.model_fields}
+# The Kafka client's bootstrap wait: a host that accepts TCP but does not answer the
+# Kafka protocol fails in this long instead of the client's default 30 s.
+BOOTSTRAP_TIMEOUT_MS = 10_000
+
+
+class ProduceError(Exception):
+    """The file or the broker is unusable as a whole: nothing more is sent."""
 
 
 @dataclass
@@ -62,12 +79,28 @@ class ProduceReport:
 class Line:
     number: int
     text: str
+    # Why the line was rejected before it could be parsed (bad UTF-8, extra CSV cells)
+    error: EventError | None = None
+    raw: bytes | None = None  # the original bytes of a line that is not UTF-8
 
 
-def _open_text(path: Path) -> IO[str]:
+def _open_binary(path: Path) -> IO[bytes]:
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")  # noqa: SIM115
+
+
+def _decode(number: int, data: bytes) -> tuple[str, EventError | None]:
+    """The text of one line and, when it is not UTF-8, the reason (the text then shows
+    the bad bytes as \\xNN escapes, for the rejects file)."""
+    if number == 1:
+        data = data.removeprefix(b"\xef\xbb\xbf")  # a BOM, as spreadsheet exports write
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        err = EventError("event", "bad_encoding",
+                         f"not UTF-8: byte {exc.start + 1} ({exc.reason})")
+        return data.decode("utf-8", errors="backslashreplace"), err
 
 
 def _csv_row_to_event(row: dict[str, str]) -> dict[str, Any]:
@@ -93,20 +126,70 @@ def _csv_row_to_event(row: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def read_lines(path: Path) -> Iterator[tuple[Line, dict[str, Any] | str]]:
-    """Yield (line, parsed dict or raw text) for a JSONL or CSV file (optionally .gz)."""
+def read_lines(
+    path: Path, *, ignore_extra_columns: bool = False
+) -> Generator[tuple[Line, dict[str, Any] | str], None, None]:
+    """Yield (line, parsed dict or raw text) for a JSONL or CSV file (optionally .gz).
+    A line with `error` set is to be rejected as it is. Raises ProduceError for a CSV
+    header with unknown or repeated columns (unless ignore_extra_columns: then unknown
+    columns, and cells beyond the header, are dropped)."""
     name = path.name.removesuffix(".gz")
-    with _open_text(path) as fh:
+    with _open_binary(path) as fh:
         if name.endswith(".csv"):
-            reader = csv.DictReader(fh)
-            for number, row in enumerate(reader, start=2):
-                text = json.dumps(row, ensure_ascii=False)
-                yield Line(number, text), _csv_row_to_event(row)
+            yield from _read_csv(path, fh, ignore_extra_columns)
+            return
+        for number, data in enumerate(fh, start=1):
+            text, err = _decode(number, data.rstrip(b"\r\n"))
+            if text.strip():
+                yield Line(number, text, err, data.rstrip(b"\r\n") if err else None), text
+
+
+def _read_csv(path: Path, fh: IO[bytes], ignore_extra: bool
+              ) -> Iterator[tuple[Line, dict[str, Any] | str]]:
+    bad: dict[int, tuple[bytes, EventError]] = {}  # physical line -> (bytes, reason)
+
+    def decoded() -> Iterator[str]:
+        for number, data in enumerate(fh, start=1):
+            text, err = _decode(number, data)
+            if err is not None:
+                bad[number] = (data.rstrip(b"\r\n"), err)
+            yield text
+
+    reader = csv.reader(decoded())
+    header = next(reader, None)
+    if header is None:
+        return
+    if 1 in bad:
+        raise ProduceError(f"{path}: the header line is not UTF-8")
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise ProduceError(f"{path}: repeated column(s) {', '.join(map(repr, repeated))}")
+    unknown = [c for c in header if c not in CSV_COLUMNS]
+    if unknown and not ignore_extra:
+        raise ProduceError(
+            f"{path}: unknown column(s) {', '.join(map(repr, unknown))}: not fields of an "
+            "interaction or item event (docs: README, Event contracts); nothing was sent. "
+            "Pass --ignore-extra-columns to drop them")
+    keep = [i for i, c in enumerate(header) if c in CSV_COLUMNS]
+    last = 1
+    for cells in reader:
+        first, last = last + 1, reader.line_num  # a quoted cell may span lines
+        if not cells:
+            continue  # a blank line
+        row = dict(zip(header, cells, strict=False))
+        text = json.dumps(row, ensure_ascii=False)
+        hit = next((n for n in range(first, last + 1) if n in bad), None)
+        if hit is not None:
+            data, err = bad[hit]
+            yield Line(first, text, err, data), row
+        elif len(cells) > len(header) and not ignore_extra:
+            text = json.dumps(cells, ensure_ascii=False)
+            yield Line(first, text, EventError(
+                "event", "extra_columns",
+                f"{len(cells)} cells, the header has {len(header)} columns")), row
         else:
-            for number, text in enumerate(fh, start=1):
-                text = text.rstrip("\n")
-                if text.strip():
-                    yield Line(number, text), text
+            yield Line(first, text), _csv_row_to_event(
+                {header[i]: cells[i] for i in keep if i < len(cells)})
 
 
 def classify(raw: dict[str, Any] | str, kind: EventKind) -> InteractionEvent | ItemEvent:
@@ -150,19 +233,28 @@ def produce_file(
     rejects_path: Path | None = None,
     progress: bool = True,
     limit: int | None = None,
+    ignore_extra_columns: bool = False,
 ) -> ProduceReport:
     """Validate and send every line of `path`; return what was sent and rejected."""
     from kafka import KafkaProducer
+    from kafka.errors import KafkaError
     from tqdm import tqdm
 
-    from mekb.kafka_config import kafka_python_config
+    from mekb.kafka_config import bootstrap_servers, kafka_python_config
 
     rejects_file = rejects_path or path.with_name(path.name + ".rejected")
     report = ProduceReport(rejects_path=rejects_file)
-    producer = KafkaProducer(
-        **kafka_python_config(settings), acks="all", linger_ms=5, retries=10,
-        client_id="mekb-produce",
-    )
+    lines = read_lines(path, ignore_extra_columns=ignore_extra_columns)
+    first = next(lines, None)  # a bad CSV header fails here, before any connection
+    try:
+        producer = KafkaProducer(
+            **kafka_python_config(settings), acks="all", linger_ms=5, retries=10,
+            client_id="mekb-produce", bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+        )
+    except KafkaError as exc:
+        lines.close()
+        raise ProduceError(f"broker at {bootstrap_servers(settings)} unreachable: "
+                           f"{type(exc).__name__}: {exc}") from None
     limiter = RateLimiter(rate)
     topics = {
         InteractionEvent: settings.topic("interactions"),
@@ -170,29 +262,38 @@ def produce_file(
     }
     rejects: IO[str] | None = None
     try:
-        lines: Iterable[tuple[Line, dict[str, Any] | str]] = read_lines(path)
-        bar = tqdm(lines, desc=f"produce {path.name}", unit="ev", disable=not progress)
+        every: Iterable[tuple[Line, dict[str, Any] | str]] = (
+            itertools.chain([first], lines) if first is not None else ())
+        bar = tqdm(every, desc=f"produce {path.name}", unit="ev", disable=not progress)
         for count, (line, raw) in enumerate(bar):
             if limit is not None and count >= limit:
                 break
             try:
+                if line.error is not None:
+                    raise line.error
                 event = classify(raw, kind)
             except EventError as err:
                 report.rejected[err.reason] += 1
                 if rejects is None:
                     rejects = open(rejects_file, "w", encoding="utf-8")  # noqa: SIM115
-                rejects.write(json.dumps({
-                    "line": line.number, "field": err.field, "reason": err.reason,
-                    "message": err.message, "text": line.text,
-                }, ensure_ascii=False) + "\n")
+                entry = {"line": line.number, "field": err.field, "reason": err.reason,
+                         "message": err.message, "text": line.text}
+                if line.raw is not None:  # the exact bytes, which `text` only shows
+                    entry["raw_base64"] = base64.b64encode(line.raw).decode("ascii")
+                rejects.write(json.dumps(entry, ensure_ascii=False) + "\n")
                 continue
             limiter.wait()
             topic = topics[type(event)]
             producer.send(topic, key=event_key(event), value=encode(event))
             report.sent[topic] += 1
         producer.flush()
+    except KafkaError as exc:  # the broker went away during the run
+        raise ProduceError(
+            f"broker at {bootstrap_servers(settings)}: {type(exc).__name__}: {exc} (after "
+            f"{report.total_sent} of the file's events were handed to the producer)") from None
     finally:
-        producer.close()
+        lines.close()
+        producer.close(timeout=BOOTSTRAP_TIMEOUT_MS / 1000)
         if rejects is not None:
             rejects.close()
     return report

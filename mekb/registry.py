@@ -7,7 +7,10 @@ Layout (docs/contracts.md), under `$MEKB_DATA_DIR/registry/` by default:
         user_tower.onnx, tokenizer/, items.npy, items.json
     versions/.staging-<pid>-<id>/  a publication in progress (never read)
     ACTIVE                       the active version id (text), replaced atomically
-    history.jsonl                one line per activation/rollback (the rollback stack)
+    PINNED                       the pin, if any (JSON: version, at, reason)
+    history.jsonl                one line per activation/rollback/pin/unpin/held
+                                 publication (the rollback stack)
+    .pointer.lock                flock serialising every change of ACTIVE/PINNED
 
 Publication order, written down where it happens (`Registry.publish`): copy the
 bundle into a staging directory → verify/complete the sha256 of every file →
@@ -18,11 +21,20 @@ never sees a half-written version; a crashed publication leaves only a
 
 Version ids are `YYYYMMDDTHHMMSSZ-<6 hex>` (UTC), sortable by time to the second;
 `list()` orders by the manifest's `created_at`, then id.
+
+A pin holds the active version against automatic publication: `promote()` (the
+trainer's activation of a new version) then publishes it inactive ("held") instead.
+Operators still move the pointer: `activate`, `rollback` and `pin` move the pin with
+it, and a rollback pins (a rolled-back version must not be replaced by the next
+candidate of the lineage it was rolled back from). Only `unpin` releases it. The pin
+is a file beside ACTIVE, so it survives restarts of every process.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -31,7 +43,8 @@ import re
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -44,6 +57,11 @@ logger = logging.getLogger(__name__)
 
 Kind = Literal["full", "items"]
 MANIFEST = "manifest.json"
+PIN_FILE = "PINNED"
+LOCK_FILE = ".pointer.lock"
+# History ops that move ACTIVE (and so build the rollback stack); `unpin` and `held`
+# (a version published inactive under a pin) do not.
+POINTER_OPS = ("activate", "rollback", "pin")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
@@ -61,6 +79,18 @@ class VersionNotFound(RegistryError):
 
 class IntegrityError(RegistryError):
     """A version's files do not match its manifest checksums."""
+
+
+@dataclass(frozen=True)
+class Pin:
+    """The version the registry is pinned to, since when and why (pin, rollback, activate)."""
+
+    version: str
+    at: float
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def new_version_id(now: float | None = None) -> str:
@@ -142,6 +172,7 @@ class Registry:
         self.root = Path(root)
         self.versions_dir = self.root / "versions"
         self.active_file = self.root / "ACTIVE"
+        self.pin_file = self.root / PIN_FILE
         self.history_file = self.root / "history.jsonl"
 
     # --- reading ---------------------------------------------------------------
@@ -276,16 +307,106 @@ class Registry:
             self.activate(name)
         return mv
 
-    # --- the active pointer -------------------------------------------------------
-    def activate(self, version: str, *, verify: bool = True) -> ModelVersion:
-        """Point ACTIVE at `version` (verified first) and record it for rollback."""
-        mv = self.verify(version) if verify else self.get(version)
-        previous = self.active_version()
+    # --- the active pointer and the pin --------------------------------------------
+    @contextlib.contextmanager
+    def _pointer_lock(self) -> Iterator[None]:
+        """Serialise changes of ACTIVE/PINNED across processes (trainer, CLI, serving
+        admin), so a pin set while the trainer publishes cannot be overtaken by it."""
         self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_FILE, "a") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def pinned(self) -> Pin | None:
+        """The pin, or None when the trainer may activate what it publishes."""
+        try:
+            data = json.loads(self.pin_file.read_text(encoding="utf-8"))
+            return Pin(str(data["version"]), float(data["at"]), str(data["reason"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # Written atomically, so this is damage, not a torn write: hold what is active
+            # rather than let the trainer replace it.
+            logger.warning("registry: unreadable %s (%s): treating the registry as pinned",
+                           self.pin_file, exc)
+            return Pin(self.active_version() or "?", 0.0, "unreadable PINNED file")
+
+    def _write_pin(self, version: str, reason: str) -> None:
+        pin = Pin(version, time.time(), reason)
+        write_text_atomic(self.pin_file, json.dumps(pin.to_json()) + "\n")
+
+    def _point(self, version: str, op: str, **extra: Any) -> str | None:
+        """Move ACTIVE (caller holds the lock) and record it; returns the previous one.
+        A pin moves along (written first: a crash in between still holds the registry)."""
+        previous = self.active_version()
+        pin = self.pinned()
+        if op == "pin" or (pin is not None and pin.version != version):
+            self._write_pin(version, extra.get("reason") or op)
         write_text_atomic(self.active_file, version + "\n")
-        self._append_history({"op": "activate", "version": version, "previous": previous})
+        self._append_history({"op": op, "version": version, "previous": previous,
+                              **({"pinned": True} if pin is not None or op == "pin" else {}),
+                              **extra})
+        return previous
+
+    def activate(self, version: str, *, verify: bool = True) -> ModelVersion:
+        """Point ACTIVE at `version` (verified first) and record it for rollback. An
+        operator's choice: a pin, if any, moves to `version` (see `promote`)."""
+        mv = self.verify(version) if verify else self.get(version)
+        with self._pointer_lock():
+            previous = self._point(version, "activate")
         logger.info("registry: active version %s (was %s)", version, previous)
         return mv
+
+    def promote(self, version: str) -> bool:
+        """Activate a version the trainer just published, unless the registry is pinned:
+        then it stays inactive, recorded as `held` in the history. True = activated."""
+        self.verify(version)
+        with self._pointer_lock():
+            pin = self.pinned()
+            if pin is not None:
+                self._append_history({"op": "held", "version": version,
+                                      "pinned_version": pin.version})
+                logger.info("registry: %s published inactive (pinned to %s)", version,
+                            pin.version)
+                return False
+            previous = self._point(version, "activate")
+        logger.info("registry: active version %s (was %s)", version, previous)
+        return True
+
+    def pin(self, version: str, *, reason: str = "pin", verify: bool = True) -> ModelVersion:
+        """Pin `version`: make it active if it is not, and keep it active until `unpin`."""
+        mv = self.verify(version) if verify else self.get(version)
+        with self._pointer_lock():
+            previous = self._point(version, "pin", reason=reason)
+        logger.info("registry: pinned %s (active was %s)", version, previous)
+        return mv
+
+    def unpin(self) -> Pin | None:
+        """Release the pin (None if there was none): the trainer's next version that
+        passes the gate becomes active again."""
+        with self._pointer_lock():
+            pin = self.pinned()
+            if pin is None:
+                return None
+            self.pin_file.unlink(missing_ok=True)
+            fsync_path(self.root)
+            self._append_history({"op": "unpin", "version": pin.version})
+        logger.info("registry: unpinned %s", pin.version)
+        return pin
+
+    def held_versions(self) -> set[str]:
+        """Versions published inactive under a pin and not activated since."""
+        held: set[str] = set()
+        for entry in self.history():
+            version = entry.get("version")
+            if entry.get("op") == "held":
+                held.add(str(version))
+            elif entry.get("op") in POINTER_OPS:
+                held.discard(str(version))
+        return held
 
     def rollback_target(self) -> str:
         """The version `rollback()` would re-activate: the one active before the current
@@ -303,13 +424,14 @@ class Registry:
         return stack[-1]
 
     def rollback(self) -> ModelVersion:
-        """Re-activate the version that was active before the current one."""
-        current = self.active_version()
-        target = self.rollback_target()
-        mv = self.verify(target)
-        write_text_atomic(self.active_file, target + "\n")
-        self._append_history({"op": "rollback", "version": target, "previous": current})
-        logger.info("registry: rolled back %s -> %s", current, target)
+        """Re-activate the version that was active before the current one, and pin it:
+        the trainer's next candidate (of the lineage rolled back from) stays inactive."""
+        with self._pointer_lock():
+            target = self.rollback_target()
+            mv = self.verify(target)
+            self._write_pin(target, "rollback")
+            current = self._point(target, "rollback")
+        logger.info("registry: rolled back %s -> %s (pinned)", current, target)
         return mv
 
     def _append_history(self, entry: dict[str, Any]) -> None:
@@ -337,7 +459,7 @@ class Registry:
         stack: builtins.list[str] = []
         for entry in self.history():
             version = entry.get("version")
-            if not version:
+            if not version or entry.get("op", "activate") not in POINTER_OPS:
                 continue
             if entry.get("op") == "rollback":
                 while stack and stack[-1] != version:

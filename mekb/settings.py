@@ -424,6 +424,28 @@ class Settings(BaseSettings):
     )
     trainer_seed: int = Field(default=0, description="Seed of initialisation and sampling.")
 
+    # --- supervision (`mekb up`) ---
+    supervisor_max_restarts: int = Field(
+        default=5, ge=0, le=1000,
+        description="`mekb up` restarts a crashed process (the broker included) at most this "
+        "many times within MEKB_SUPERVISOR_RESTART_WINDOW_S; one more crash is a crash loop "
+        "and stops everything with an error naming its log (0 = never restart).",
+    )
+    supervisor_restart_window_s: float = Field(
+        default=600.0, gt=0.0,
+        description="Window (seconds) over which `mekb up` counts a process's crashes for the "
+        "crash-loop limit and the backoff.",
+    )
+    supervisor_backoff_s: float = Field(
+        default=1.0, ge=0.0, le=3600.0,
+        description="Wait before the first restart of a crashed process; it doubles with each "
+        "further crash within the window.",
+    )
+    supervisor_backoff_max_s: float = Field(
+        default=60.0, ge=0.0, le=3600.0,
+        description="Longest wait between restarts of a crashed process.",
+    )
+
     @property
     def embedded(self) -> bool:
         """True when no external broker is configured (the embedded Tansu default)."""

@@ -70,3 +70,39 @@ def create_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[str]:
         return created
     finally:
         admin.close()
+
+
+# --- incarnations ---------------------------------------------------------------------
+# A stored offset means something only in the topic it was read from. The broker gives
+# every topic an id at creation (KIP-516: Apache Kafka >= 2.8 and Tansu): a topic that
+# was deleted and created again, or every topic of the embedded broker after a restart
+# (it keeps topics in memory only), has a new id while its offsets start at 0 again.
+# Components record the id beside the offsets they store (streams/partition.py,
+# serving/replica.py, trainer/online/checkpoint.py) and rebase when it changed. The id
+# comes from the broker itself, so no writer has to agree on it and topics created by
+# any tool are covered.
+NO_TOPIC_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def topic_ids(settings: Settings, names: list[str]) -> dict[str, str]:
+    """The broker's id of each existing topic in `names` (full names). Topics that do not
+    exist, and every topic of a broker that has no topic ids, are left out."""
+    from kafka.admin import KafkaAdminClient
+
+    from mekb.kafka_config import kafka_python_config
+
+    admin = KafkaAdminClient(**kafka_python_config(settings), client_id="mekb-topic-ids")
+    try:
+        described = admin.describe_topics(names)
+    finally:
+        admin.close()
+    return {str(t["name"]): str(t["topic_id"]) for t in described
+            if t.get("error_code") == 0 and t.get("topic_id") not in (None, NO_TOPIC_ID)}
+
+
+def rebase_needed(stored: str | None, current: str | None) -> bool:
+    """Whether offsets recorded under topic id `stored` are void in the topic now `current`.
+    Unknown on either side (state written before ids were recorded, a broker without topic
+    ids) keeps the offsets: that was the behaviour before, and callers add a cheaper check
+    where they have one (an offset beyond the partition's end)."""
+    return stored is not None and current is not None and stored != current

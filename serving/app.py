@@ -6,10 +6,13 @@ consumers and the dynamic batcher already run on.
 
 Auth: `X-API-Key` compared with hmac.compare_digest against every configured key
 (no early exit, so timing does not reveal which key nearly matched); the admin
-endpoints take a separate key. /healthz, /readyz and /metrics are open (the
+endpoints take a separate key. Both are declared as OpenAPI API-key security schemes
+(`/docs` has an Authorize button). /healthz, /readyz and /metrics are open (the
 server binds loopback by default; put them behind the network policy otherwise).
-Every error is `{"detail": "..."}` with a 4xx code, or a bare 500/503 message:
-stack traces stay in the server log.
+Every error is `{"detail": "..."}` (serving/schemas.py `ErrorOut`), 4xx, or 500/503
+with a bare message: stack traces stay in the server log. `/docs` and `/redoc` load
+their Swagger UI / ReDoc assets from this server (package fastapi-offline), so they
+work without internet access.
 """
 
 from __future__ import annotations
@@ -25,24 +28,50 @@ from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 
-from mekb.registry import Registry, RegistryError, VersionNotFound
+from mekb.registry import VERSION_RE, Registry, RegistryError, VersionNotFound
 from serving.manager import ModelManager
 from serving.model import ItemSet, LoadedModel, ModelLoadError, load_items
+from serving.schemas import (
+    ActivatedOut,
+    BatchEmbeddingsOut,
+    HealthOut,
+    ItemEmbeddingsOut,
+    ModelsOut,
+    PinnedOut,
+    ReadyOut,
+    RecommendationsOut,
+    RolledBackOut,
+    UnpinnedOut,
+    UserEmbeddingOut,
+    UserMeKBOut,
+    errors,
+)
 from serving.service import EmbeddingService, UserEmbedding
 
 logger = logging.getLogger(__name__)
 
 USER_ID_MAX = 256
 ITEMS_PAGE_MAX = 50_000  # rows per /v1/items/embeddings page (~50 MB of JSON at K=256)
+OFFSET_MAX = (1 << 53) - 1  # JSON-safe integer; far beyond any item count
 SCORE_WINDOW_S = 300.0
 DOMAIN_MAX = 128
 # Module level: with postponed annotations FastAPI resolves these names in the module.
 UserId = Annotated[str, Path(min_length=1, max_length=USER_ID_MAX, description="user id")]
+VERSION_DOC = "model version id (1-128 of A-Z a-z 0-9 . _ -, not starting with . _ -)"
+VersionId = Annotated[str, Path(pattern=VERSION_RE.pattern, description=VERSION_DOC)]
+# OpenAPI security schemes (the Authorize button of /docs). auto_error=False: a missing
+# key is this API's 401 `{"detail"}`, not FastAPI's 403.
+user_key = APIKeyHeader(name="X-API-Key", scheme_name="UserKey", auto_error=False,
+                        description="One of MEKB_SERVING_API_KEYS.")
+admin_key = APIKeyHeader(name="X-API-Key", scheme_name="AdminKey", auto_error=False,
+                         description="MEKB_SERVING_ADMIN_KEY.")
 
 
 @dataclass(frozen=True)
@@ -111,14 +140,26 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-class _MetricsMiddleware:
-    """Pure ASGI: latency and status per route template (not per raw path: ids would
-    explode the label set), body size limit before the body is read."""
+class _HttpMiddleware:
+    """Pure ASGI, around every request: latency and status per route template (not per
+    raw path: ids would explode the label set), and the limits that must hold before
+    FastAPI reads a body (it reads the whole body before running any dependency):
 
-    def __init__(self, app: Any, service: EmbeddingService, max_body: int) -> None:
+    - auth first: with API keys configured, a `/v1/` request that carries a body must
+      present a known key (user or admin; the route's own dependency then checks
+      which) or it gets 401 with its body unread;
+    - size on the bytes READ: a declared Content-Length over the limit is refused
+      unread; a chunked (or lying) body is counted as it streams and refused with 413
+      the moment it crosses the limit, so at most `max_body` bytes are ever buffered.
+    A refusal with the body not fully read says `Connection: close`, so the server
+    drops the connection instead of draining the rest of an upload."""
+
+    def __init__(self, app: Any, service: EmbeddingService, max_body: int,
+                 body_keys: tuple[str, ...]) -> None:
         self.app = app
         self.metrics = service.metrics
         self.max_body = max_body
+        self.body_keys = body_keys  # empty = no auth configured (loopback)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -126,31 +167,89 @@ class _MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        declared: int | None = None
+        chunked = False
+        given_key: bytes | None = None
         for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                response = JSONResponse(
-                    {"detail": f"request body over {self.max_body} bytes"}, status_code=413
-                )
-                await response(scope, receive, send)
-                self._observe(scope, 413, start)
-                return
+            if name == b"content-length" and value.isdigit():
+                declared = int(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"x-api-key":
+                given_key = value
+        body_done = not chunked and not declared
+        refusal: tuple[int, str] | None = None
+        if (not body_done and self.body_keys and scope["path"].startswith("/v1/")
+                and not _key_matches(given_key.decode("latin-1") if given_key else None,
+                                     self.body_keys)):
+            refusal = (401, "missing or invalid X-API-Key")
+        elif declared is not None and declared > self.max_body:
+            refusal = (413, f"request body over {self.max_body} bytes")
+        if refusal is not None:
+            await _refuse(send, *refusal, close=not body_done)
+            self._observe(scope, refusal[0], start)
+            return
+
+        received = 0
+        started = False
+        refused = False  # a 413 went out mid-body; the app's own answer is dropped
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal received, body_done, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message: dict[str, Any] = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body_done = True
+                if received > self.max_body:
+                    if not started:
+                        await _refuse(send, 413, f"request body over {self.max_body} bytes",
+                                      close=not body_done)
+                        refused = True
+                    # to the app the client went away: it stops reading, and whatever it
+                    # answers goes nowhere (send_wrapper drops it)
+                    return {"type": "http.disconnect"}
+            return message
 
         async def send_wrapper(message: dict[str, Any]) -> None:
-            nonlocal status
+            nonlocal status, started
+            if refused:
+                return
             if message["type"] == "http.response.start":
+                started = True
                 status = message["status"]
+                if not body_done:  # answered before the body was read: do not drain it
+                    message = {**message, "headers": [*message.get("headers", ()),
+                                                      (b"connection", b"close")]}
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, limited_receive, send_wrapper)
+        except Exception:
+            if not refused:  # else: the app failed on the cut-off body, already answered
+                raise
         finally:
-            self._observe(scope, status, start)
+            self._observe(scope, 413 if refused else status, start)
 
     def _observe(self, scope: dict[str, Any], status: int, start: float) -> None:
         route = scope.get("route")
         endpoint = getattr(route, "path", None) or "unmatched"
         self.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - start)
         self.metrics.requests.labels(endpoint, str(status)).inc()
+
+
+async def _refuse(send: Any, status: int, detail: str, *, close: bool) -> None:
+    headers = [(b"content-type", b"application/json")]
+    if status == 401:
+        headers.append((b"www-authenticate", b"ApiKey"))
+    if close:
+        headers.append((b"connection", b"close"))
+    body = orjson.dumps({"detail": detail})
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(
@@ -180,15 +279,25 @@ def create_app(
                 await hook()
             await service.stop()
 
-    app = FastAPI(
+    app: FastAPI = FastAPIOffline(
         title=cfg.title,
         version="1",
         description="Fresh EmbedMe user embeddings (MeKB-Rec) and the same version's item "
         "embeddings. Every user-facing response names the model version and the MeKB version "
-        "it was computed from. Authenticate with the `X-API-Key` header.",
+        "it was computed from. Authenticate with the `X-API-Key` header (Authorize: "
+        "`UserKey` for /v1 reads, `AdminKey` for the admin endpoints). Every error is "
+        '`{"detail": "..."}`.',
         lifespan=lifespan,
+        static_url="/docs-static",
+        # no call to swagger.io's online validator: the page works offline
+        swagger_ui_parameters={"validatorUrl": None, "persistAuthorization": True},
+        # every route lists its own errors; no route-independent default 422
+        responses=errors(413, 500),
     )
-    app.add_middleware(_MetricsMiddleware, service=service, max_body=cfg.max_body_bytes)
+    # Keys that may send a body to /v1/ (none configured: user routes are open).
+    body_keys = cfg.api_keys + ((cfg.admin_key,) if cfg.api_keys and cfg.admin_key else ())
+    app.add_middleware(_HttpMiddleware, service=service, max_body=cfg.max_body_bytes,
+                       body_keys=body_keys)
 
     # --- errors: 4xx with a clear message, never a stack trace --------------------------
     @app.exception_handler(RequestValidationError)
@@ -203,18 +312,14 @@ def create_app(
                             status_code=500)
 
     # --- auth ----------------------------------------------------------------------------
-    async def user_auth(
-        x_api_key: Annotated[str | None, Header(description="API key")] = None,
-    ) -> None:
+    async def user_auth(x_api_key: Annotated[str | None, Security(user_key)] = None) -> None:
         if not cfg.api_keys:
             return
         if not _key_matches(x_api_key, cfg.api_keys):
             raise HTTPException(401, "missing or invalid X-API-Key",
                                 headers={"WWW-Authenticate": "ApiKey"})
 
-    async def admin_auth(
-        x_api_key: Annotated[str | None, Header(description="admin API key")] = None,
-    ) -> None:
+    async def admin_auth(x_api_key: Annotated[str | None, Security(admin_key)] = None) -> None:
         if cfg.admin_key is None:
             raise HTTPException(403, "admin endpoints are disabled (MEKB_SERVING_ADMIN_KEY unset)")
         if not _key_matches(x_api_key, (cfg.admin_key,)):
@@ -230,7 +335,8 @@ def create_app(
     auth = [Depends(user_auth)]
 
     # --- users ---------------------------------------------------------------------------
-    @app.get("/v1/users/{user_id}/embedding", dependencies=auth, tags=["users"])
+    @app.get("/v1/users/{user_id}/embedding", dependencies=auth, tags=["users"],
+             response_model=UserEmbeddingOut, responses=errors(401, 422, 503))
     async def user_embedding(
         user_id: UserId,
         allow_stale: Annotated[bool, Query(description="accept an older cached embedding")] = False,
@@ -242,7 +348,8 @@ def create_app(
         result = await service.embed(model, [user_id], allow_stale=allow_stale)
         return _json(_embedding_json(result[0], service.replica_stale))
 
-    @app.post("/v1/users/embeddings", dependencies=auth, tags=["users"])
+    @app.post("/v1/users/embeddings", dependencies=auth, tags=["users"],
+              response_model=BatchEmbeddingsOut, responses=errors(401, 422, 503))
     async def user_embeddings(body: BatchRequest) -> Response:
         """Embeddings of up to MEKB_SERVING_MAX_BATCH_IDS users, all by one model version."""
         if len(body.user_ids) > cfg.max_batch_ids:
@@ -253,7 +360,8 @@ def create_app(
         return _json({"model_version": model.version, "dim": model.dim,
                 "embeddings": [_embedding_json(e, service.replica_stale) for e in result]})
 
-    @app.get("/v1/users/{user_id}/mekb", dependencies=auth, tags=["users"])
+    @app.get("/v1/users/{user_id}/mekb", dependencies=auth, tags=["users"],
+             response_model=UserMeKBOut, responses=errors(401, 404, 422))
     async def user_mekb(user_id: UserId) -> Response:
         """The user's MeKB: weighted entities (best first) and recently seen items."""
         rec = service.record(user_id)
@@ -263,7 +371,8 @@ def create_app(
         return _json({"user_id": rec.user_id, "mekb_version": rec.version, "mekb_ts": rec.ts,
                 "updated_at": rec.updated_at, "entities": ranked, "seen_items": rec.seen_items})
 
-    @app.get("/v1/users/{user_id}/recommendations", dependencies=auth, tags=["users"])
+    @app.get("/v1/users/{user_id}/recommendations", dependencies=auth, tags=["users"],
+             response_model=RecommendationsOut, responses=errors(401, 404, 422, 503))
     async def recommendations(
         user_id: UserId,
         domain: Annotated[str, Query(min_length=1, max_length=DOMAIN_MAX)],
@@ -305,11 +414,13 @@ def create_app(
         })
 
     # --- items ----------------------------------------------------------------------------
-    @app.get("/v1/items/embeddings", dependencies=auth, tags=["items"])
+    @app.get("/v1/items/embeddings", dependencies=auth, tags=["items"],
+             response_model=ItemEmbeddingsOut, responses=errors(401, 404, 409, 422, 503))
     async def item_embeddings(
         domain: Annotated[str | None, Query(max_length=DOMAIN_MAX)] = None,
-        version: Annotated[str | None, Query(max_length=128)] = None,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        version: Annotated[str | None, Query(pattern=VERSION_RE.pattern,
+                                             description=VERSION_DOC)] = None,
+        offset: Annotated[int, Query(ge=0, le=OFFSET_MAX)] = 0,
         limit: Annotated[int, Query(ge=1, le=ITEMS_PAGE_MAX)] = ITEMS_PAGE_MAX,
     ) -> Response:
         """Item embeddings of one model version (default: the active one), optionally of
@@ -355,14 +466,18 @@ def create_app(
                       "embeddings": np.ascontiguousarray(matrix)})
 
     # --- models ---------------------------------------------------------------------------
-    @app.get("/v1/models", dependencies=auth, tags=["models"])
+    @app.get("/v1/models", dependencies=auth, tags=["models"], response_model=ModelsOut,
+             responses=errors(401))
     async def models() -> Response:
         """Registry versions, the registry's ACTIVE one and the one this server serves."""
         active = registry.active_version()
         serving = service.model
+        pin = registry.pinned()
         return _json({
             "active": active,
             "serving": serving.version if serving else None,
+            "pinned": pin.to_json() if pin else None,
+            "held": sorted(registry.held_versions()),
             "versions": [
                 {"version": mv.version, "kind": mv.kind, "parent": mv.parent,
                  "created_at": mv.created_at, "metrics": mv.manifest.get("metrics") or {},
@@ -373,7 +488,8 @@ def create_app(
 
     admin = [Depends(admin_auth)]
 
-    @app.post("/v1/models/rollback", dependencies=admin, tags=["admin"])
+    @app.post("/v1/models/rollback", dependencies=admin, tags=["admin"],
+              response_model=RolledBackOut, responses=errors(401, 403, 409))
     async def rollback() -> Response:
         """Re-activate the previously active version (loaded and warmed before the switch)."""
         try:
@@ -384,8 +500,9 @@ def create_app(
             raise HTTPException(409, f"rollback target could not be loaded: {exc}") from None
         return _json({"active": model.version, "kind": model.kind})
 
-    @app.post("/v1/models/{version}/activate", dependencies=admin, tags=["admin"])
-    async def activate(version: Annotated[str, Path(min_length=1, max_length=128)]) -> Response:
+    @app.post("/v1/models/{version}/activate", dependencies=admin, tags=["admin"],
+              response_model=ActivatedOut, responses=errors(401, 403, 404, 409, 422))
+    async def activate(version: VersionId) -> Response:
         """Verify, load and warm `version`, then make it active here and in the registry."""
         try:
             model = await manager.activate(version)
@@ -398,27 +515,88 @@ def create_app(
         return _json({"active": model.version, "kind": model.kind,
                 "load_seconds": round(model.load_seconds, 3)})
 
+    @app.post("/v1/models/{version}/pin", dependencies=admin, tags=["admin"],
+              response_model=PinnedOut, responses=errors(401, 403, 404, 409, 422))
+    async def pin(version: VersionId) -> Response:
+        """Hold `version` active (loaded and warmed first if it is not): the trainer keeps
+        training but publishes its new versions inactive until `/v1/models/unpin`."""
+        try:
+            if registry.active_version() != version:
+                await manager.activate(version)  # verifies, loads, warms, moves ACTIVE
+            mv = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: registry.pin(version, verify=False))
+        except VersionNotFound:
+            raise HTTPException(404, f"no model version {version!r}") from None
+        except RegistryError as exc:
+            raise HTTPException(422, str(exc)) from None
+        except ModelLoadError as exc:
+            raise HTTPException(409, f"version {version} could not be loaded: {exc}") from None
+        held = registry.pinned()
+        return _json({"active": mv.version, "kind": mv.kind,
+                      "pinned": held.to_json() if held else None})
+
+    @app.post("/v1/models/unpin", dependencies=admin, tags=["admin"],
+              response_model=UnpinnedOut, responses=errors(401, 403))
+    async def unpin() -> Response:
+        """Release the pin: the trainer's next version that passes the gate becomes active."""
+        released = await asyncio.get_running_loop().run_in_executor(None, registry.unpin)
+        return _json({"unpinned": released.version if released else None})
+
     # --- operations -------------------------------------------------------------------------
-    @app.get("/healthz", tags=["ops"])
+    @app.get("/healthz", tags=["ops"], response_model=HealthOut)
     async def healthz() -> Response:
         """The process is up and its event loop answers."""
         return _json({"status": "ok"})
 
-    @app.get("/readyz", tags=["ops"])
-    async def readyz() -> Response:
-        """Ready only when a model version is loaded and the replica has caught up."""
+    @app.get("/readyz", tags=["ops"], response_model=ReadyOut, responses={
+        503: {"model": ReadyOut, "description": "Not ready: the body says why."},
+        **errors(422)})
+    async def readyz(
+        allow_stale: Annotated[bool, Query(
+            description="Ready also while the replica is stale (the broker has not answered "
+            "for MEKB_SERVING_UPSTREAM_TIMEOUT_S): for deployments that prefer answers "
+            "flagged `replica_stale` over none during a broker outage.")] = False,
+    ) -> Response:
+        """200 when a model version is loaded, the replica has caught up and is fresh
+        (the broker answered within MEKB_SERVING_UPSTREAM_TIMEOUT_S); 503 otherwise."""
         model = service.model
-        ready = service.ready
-        service.metrics.ready.set(1 if ready else 0)
+        ready = service.ready or (allow_stale and service.can_serve)
+        service.metrics.ready.set(1 if service.ready else 0)
         body = {"ready": ready, "model_version": model.version if model else None,
-                "replica_caught_up": service.replica_caught_up}
+                "replica_caught_up": service.replica_caught_up,
+                "replica_stale": service.replica_stale}
         return _json(body, 200 if ready else 503)
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], response_class=Response, responses={
+        200: {"description": "Prometheus text exposition format",
+              "content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def metrics() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         service.metrics.ready.set(1 if service.ready else 0)
         return Response(generate_latest(registry_metrics), media_type=CONTENT_TYPE_LATEST)
 
+    _document_limits(app, cfg)
     return app
+
+
+def _document_limits(app: FastAPI, cfg: ApiConfig) -> None:
+    """Put the configured limits into /openapi.json. The handlers check them with their
+    own messages ("k: at most 1000, got 5000"); the declarations (module level, resolved
+    before any config exists) cannot name them, so without this a client would read
+    "any k >= 1" and get 422 for a value the schema allows."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        spec = app.openapi_schema
+        if spec is None:
+            spec = build()  # cached by FastAPI in app.openapi_schema, patched once here
+            batch = spec["components"]["schemas"]["BatchRequest"]["properties"]["user_ids"]
+            batch["maxItems"] = cfg.max_batch_ids
+            recs = spec["paths"]["/v1/users/{user_id}/recommendations"]["get"]
+            for param in recs["parameters"]:
+                if param["name"] == "k":
+                    param["schema"]["maximum"] = cfg.max_k
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -10,6 +10,9 @@ LATENCY_BUCKETS = (
     1.0, 2.5, 5.0, 10.0,
 )
 LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
+# Event-time age spans seconds (live traffic) to years (a replay of history).
+AGE_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 6 * 3600.0, 86400.0, 7 * 86400.0,
+               30 * 86400.0, 365 * 86400.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
@@ -48,21 +51,25 @@ class ServingMetrics:
             "Time a sequence waited in the dynamic batcher before its run started.",
             ["priority"], buckets=LATENCY_BUCKETS, registry=registry,
         )
-        self.freshness_lag = Histogram(
-            "mekb_serving_freshness_lag_seconds",
-            "Event time of an update -> applied to the replica: from then on every request "
-            "returns an embedding reflecting it (precomputed or computed on demand).",
+        self.processing_lag = Histogram(
+            "mekb_serving_processing_lag_seconds",
+            "Processing lag (the freshness SLO): the stream worker's update of a user's MeKB "
+            "(`updated_at`, wall clock) -> applied to this replica; from then on every request "
+            "returns an embedding reflecting it (precomputed or computed on demand). "
+            "Independent of event time: a replay of old events is as fresh as live ones.",
             buckets=LAG_BUCKETS, registry=registry,
         )
-        self.apply_lag = Histogram(
-            "mekb_serving_replica_apply_lag_seconds",
-            "Wall time of the MeKB state update (`updated_at`) -> applied to this replica "
-            "(the pipeline part of the freshness lag, independent of event-time skew).",
-            buckets=LAG_BUCKETS, registry=registry,
+        self.event_age = Histogram(
+            "mekb_serving_event_age_seconds",
+            "Event-time age of an update when applied to this replica: now - `ts` (the newest "
+            "event time in the user's MeKB). Large for replays, backfills and late producers; "
+            "informational, not the freshness SLO.",
+            buckets=AGE_BUCKETS, registry=registry,
         )
         self.precompute_lag = Histogram(
             "mekb_serving_precompute_lag_seconds",
-            "Event time of an update -> its embedding precomputed by the refresher.",
+            "The stream worker's update of a user's MeKB (`updated_at`) -> its embedding "
+            "precomputed by the refresher (cache hits from then on).",
             buckets=LAG_BUCKETS, registry=registry,
         )
         self.refresh = Counter(

@@ -6,6 +6,11 @@ ONE WriteBatch, so after a crash or restart the replica resumes exactly where it
 state ends, never applying a record twice or skipping one. Deleting the replica
 directory rebuilds it from the compacted topic (offsets start at the beginning).
 
+The offsets belong to one `mekb-updates` topic: its id (mekb/topics.py) is stored with
+them. A topic with another id (re-created, or the embedded broker restarted) drops
+the offsets, not the users: the replica reads the new topic from its beginning, and
+the versions below keep what it holds already.
+
 Per-user versions are monotonic (docs/contracts.md): a record whose `version` is
 not newer than the stored one is ignored (redelivery, a compaction replay, or an
 out-of-order duplicate).
@@ -28,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 USER = b"u:"
 OFFSET = b"o:"
+TOPIC_ID = b"i:"  # id of the topic the offsets were read from
 MAX_USER_ID_BYTES = 512
 
 
@@ -146,7 +152,21 @@ class Replica:
             out[struct.unpack(">I", key[len(OFFSET):])[0]] = struct.unpack(">q", value)[0]
         return out
 
+    def topic_id(self) -> str | None:
+        """Id of the mekb-updates topic the offsets belong to (None: not recorded)."""
+        raw = self._db.get(TOPIC_ID)
+        return None if raw is None else bytes(raw).decode()
+
     # --- writing -----------------------------------------------------------------
+    def set_topic_id(self, topic_id: str | None, *, rebase: bool) -> None:
+        """Record the id of the topic the offsets belong to; with `rebase`, the offsets
+        belong to another topic: drop them (users kept), in the same write."""
+        writes: dict[bytes, bytes | None] = {}
+        if rebase:
+            writes = {_offset_key(p): None for p in self.offsets()}
+        writes[TOPIC_ID] = None if topic_id is None else topic_id.encode()
+        self._write(writes)
+
     def apply(self, records: Iterable[Incoming]) -> ApplyResult:
         """Apply consumed records and their offsets atomically; older versions ignored."""
         result = ApplyResult([], [], 0, 0)

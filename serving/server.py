@@ -95,6 +95,7 @@ def build(settings: Settings, *, kafka: bool = True) -> Server:
         refresh_max_lag_s=settings.serving_refresh_max_lag_s,
     )
     service.upstream_timeout_s = settings.serving_upstream_timeout_s
+    service.follows_upstream = kafka
     registry = Registry(registry_root(settings))
     loader = partial(_load, device=settings.serving_device,
                      threads=settings.serving_intra_op_threads)

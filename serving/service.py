@@ -5,9 +5,11 @@ computed for the user's latest applied MeKB version (the replica's) by the activ
 user tower; otherwise it is computed on demand (dynamic batching with the other
 misses). `allow_stale=True` lets a caller take an older cached embedding instead,
 and the response says `stale: true`. So from the moment an update is applied to
-the replica, every request reflects it: that is the freshness lag measured
-(event time `ts` -> applied). The refresher additionally precomputes updated users
-in micro-batches within the device's capacity, so most requests are cache hits.
+the replica, every request reflects it: that is the processing lag measured (the
+worker's `updated_at` -> applied; the event-time age, `ts` -> applied, is reported
+apart: a replay of old events is not stale service). The refresher additionally
+precomputes updated users in micro-batches within the device's capacity, so most
+requests are cache hits.
 
 Version consistency: a request reads `self.model` once and uses that object for the
 user embedding and the items; `activate()` replaces the reference in one assignment.
@@ -81,6 +83,9 @@ class EmbeddingService:
         self.refresh_batch = refresh_batch
         self.refresh_max_lag_s = refresh_max_lag_s
         self.replica_caught_up = False
+        # A broker feeds the replica (False: tests and `build(kafka=False)`, where no
+        # follower runs, so the replica cannot fall behind one).
+        self.follows_upstream = False
         # Wall time of the last fetch response from the broker (set by the replica
         # follower); older than upstream_timeout_s = upstream unreachable.
         self.upstream_seen_at: float | None = None
@@ -109,12 +114,20 @@ class EmbeddingService:
     def replica_stale(self) -> bool:
         """True while the broker has not answered the replica's fetches recently: the
         replica (and so every embedding) may miss the latest updates."""
+        if not self.follows_upstream:
+            return False
         seen = self.upstream_seen_at
         return seen is None or time.time() - seen > self.upstream_timeout_s
 
     @property
-    def ready(self) -> bool:
+    def can_serve(self) -> bool:
+        """A model version is loaded and the replica has caught up once."""
         return self.model is not None and self.replica_caught_up
+
+    @property
+    def ready(self) -> bool:
+        """`can_serve` and the replica is fresh: what /readyz and mekb_serving_ready say."""
+        return self.can_serve and not self.replica_stale
 
     # --- model swap --------------------------------------------------------------------
     def activate(self, model: LoadedModel) -> LoadedModel | None:
@@ -168,10 +181,10 @@ class EmbeddingService:
         if result.applied:
             m.replica_records.labels("applied").inc(len(result.applied))
         for rec in result.applied:
+            if rec.updated_at > 0:  # clamped: the worker's clock may run ahead of ours
+                m.processing_lag.observe(max(0.0, now - rec.updated_at))
             if rec.ts > 0:
-                m.freshness_lag.observe(max(0.0, now - rec.ts))
-            if rec.updated_at > 0:
-                m.apply_lag.observe(max(0.0, now - rec.updated_at))
+                m.event_age.observe(max(0.0, now - rec.ts))
         self._enqueue(r.user_id for r in result.applied)
 
     def _enqueue(self, users: Any) -> None:
@@ -310,8 +323,8 @@ class EmbeddingService:
         elapsed = time.perf_counter() - start
         done = time.time()
         for rec, _ in batch.values():
-            if rec.ts > 0:
-                m.precompute_lag.observe(max(0.0, done - rec.ts))
+            if rec.updated_at > 0:
+                m.precompute_lag.observe(max(0.0, done - rec.updated_at))
         m.refresh.labels("refreshed").inc(len(batch))
         rate = len(batch) / max(elapsed, 1e-6)
         self._capacity = rate if self._capacity == 0 else 0.8 * self._capacity + 0.2 * rate

@@ -3,7 +3,10 @@
 mekb-updates: every partition is assigned manually (no consumer group: each serving
 replica needs every user) and read from the offsets stored in the replica itself,
 so a restart resumes exactly, and an empty replica rebuilds from the compacted
-topic. The replica counts as caught up once every partition's position reached the
+topic. Offsets stored under another topic id than the topic's now (it was re-created,
+or the embedded broker restarted: mekb/topics.py) are dropped and the new topic is
+read from its beginning; the users stay, and their versions decide what is newer.
+The replica counts as caught up once every partition's position reached the
 end offset seen at start. (On Tansu, ListOffsets LATEST can be short by the last
 multi-record batch, so "caught up" may be declared a few records early there; the
 records still arrive a moment later.)
@@ -21,6 +24,7 @@ from typing import Any
 
 from mekb.kafka_config import aiokafka_config
 from mekb.settings import Settings
+from mekb.topics import rebase_needed, topic_ids
 from serving.replica import Incoming, Replica
 from serving.service import EmbeddingService
 
@@ -65,7 +69,7 @@ async def follow_mekb_updates(
             return
         tps = [TopicPartition(topic, p) for p in parts]
         consumer.assign(tps)
-        stored = replica.offsets()
+        stored = await _stored_offsets(settings, replica, consumer, topic, tps)
         for tp in tps:
             if tp.partition in stored:
                 consumer.seek(tp, stored[tp.partition])
@@ -103,6 +107,28 @@ async def follow_mekb_updates(
                 logger.info("replica caught up with %s", topic)
     finally:
         await consumer.stop()
+
+
+async def _stored_offsets(settings: Settings, replica: Replica, consumer: Any, topic: str,
+                          tps: list[Any]) -> dict[int, int]:
+    """The replica's offsets if they belong to `topic` as it is now, else none (rebased)."""
+    current = (await asyncio.to_thread(topic_ids, settings, [topic])).get(topic)
+    recorded = replica.topic_id()
+    stored = replica.offsets()
+    void = rebase_needed(recorded, current)
+    if current is None and stored:
+        # A broker without topic ids: an offset beyond the end is another topic's.
+        ends = await consumer.end_offsets(tps)
+        void = any(stored.get(tp.partition, 0) > end for tp, end in ends.items())
+    if void:
+        logger.warning("replica: %s is a new topic (id %s, was %s): offsets %s dropped, "
+                       "reading it from the beginning; %d users kept", topic, current,
+                       recorded, stored, replica.count_users())
+        replica.set_topic_id(current, rebase=True)
+        return {}
+    if current is not None and recorded is None:  # offsets from before ids were recorded
+        replica.set_topic_id(current, rebase=False)
+    return stored
 
 
 async def follow_model_updates(settings: Settings, wake: asyncio.Event,

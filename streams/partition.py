@@ -7,7 +7,9 @@ the order documented in streams/worker.py and only then commits the input offset
 
 Per event, in order:
 0. offset below the partition's consumed input offset (kept in the changelogged
-   partition meta) -> a replay after a crash: `duplicate`, skipped;
+   partition meta with the id of the interactions topic it counts in, and rebased to 0
+   when that topic is a new one: `rebase_input`) -> a replay after a crash:
+   `duplicate`, skipped;
 1. parse with the event contract; a malformed event or a record whose key is not
    its user_id -> dead letter (reason), processing continues;
 2. not positive (see StreamConfig) -> counted `ignored`, no state change;
@@ -151,6 +153,13 @@ class MeKBPartition:
         self.seq = 0
         self.applied_next = 0
         self.changelog_next = 0
+        # Topic ids (mekb/topics.py) the stored offsets belong to: `applied_next` to
+        # interactions (changelogged in META), `changelog_next` to mekb-changelog and the
+        # last full publication of mekb-updates (LOCAL: this store's own bookkeeping).
+        self.input_id: str | None = None
+        self.changelog_id: str | None = None
+        self.updates_id: str | None = None
+        self.seeding = False  # the changelog is being seeded from this store
         self.parked: dict[str, dict[str, _Parked]] = {}
         self.parked_count = 0
         self._park_order: deque[tuple[float, str, str]] = deque()
@@ -171,8 +180,12 @@ class MeKBPartition:
         obj = loads(meta) if meta else {}
         self.seq, self.n_p = int(obj.get("seq", 0)), int(obj.get("n", 0))
         self.applied_next = int(obj.get("next", 0))
-        local = self.store.get(self.prefix + LOCAL)
-        self.changelog_next = int(loads(local)["changelog_next"]) if local else 0
+        self.input_id = obj.get("inc")
+        local = loads(self.store.get(self.prefix + LOCAL) or b"{}")
+        self.changelog_next = int(local.get("changelog_next", 0))
+        self.changelog_id = local.get("inc")
+        self.updates_id = local.get("updates_inc")
+        self.seeding = bool(local.get("seeding"))
         self.parked.clear()
         self._park_order.clear()
         self.parked_count = 0
@@ -182,6 +195,51 @@ class MeKBPartition:
             entries.append((item, event_id, _Parked.decode(value)))
         for item, event_id, parked in sorted(entries, key=lambda x: x[2].at):
             self._park(item, event_id, parked)
+
+    def local_value(self, changelog_next: int) -> bytes:
+        """The LOCAL record: changelog position and the topic ids of this store."""
+        self.changelog_next = changelog_next
+        obj: dict[str, object] = {"changelog_next": changelog_next}
+        for name, value in (("inc", self.changelog_id), ("updates_inc", self.updates_id)):
+            if value is not None:
+                obj[name] = value
+        if self.seeding:
+            obj["seeding"] = True
+        return dumps(obj)
+
+    def meta_value(self) -> bytes:
+        obj: dict[str, object] = {"seq": self.seq, "n": self.n_p, "next": self.applied_next}
+        if self.input_id is not None:
+            obj["inc"] = self.input_id
+        return dumps(obj)
+
+    def rebase_input(self, topic_id: str | None) -> dict[bytes, bytes | None]:
+        """interactions is another topic than the one `applied_next` counts in (re-created,
+        or the embedded broker restarted): its offsets start again, so every record of it
+        is new to the state; only the event_id window still drops duplicates. Returns
+        the META change to make durable."""
+        self.applied_next = 0
+        self.input_id = topic_id
+        return {META: self.meta_value()}
+
+    def state_records(self) -> dict[bytes, bytes | None]:
+        """Every changelogged record of this partition, from the store (a changelog seed)."""
+        plen = len(self.prefix)
+        return {k[plen:]: v for k, v in self.store.scan(self.prefix) if k[plen:] != LOCAL}
+
+    def all_updates(self, now: float) -> list[tuple[bytes | None, bytes | None]]:
+        """A mekb-updates record for every user of this partition with a MeKB (a seed of
+        a new mekb-updates topic). Scores use the df table as it stands now."""
+        self._view = None  # the df table has moved since the last batch
+        out: list[tuple[bytes | None, bytes | None]] = []
+        plen = len(self.prefix) + len(USER)
+        for key, raw in self.store.scan(self.prefix + USER):
+            state = UserState.decode(raw)
+            if state.counts:
+                update = self._update(key[plen:].decode(), state, now).value
+                out.append((update.key, update.value))
+        self._view = None
+        return out
 
     def df_snapshot(self) -> list[tuple[bytes, bytes]]:
         """Every partial of this partition (re-published after a restore, idempotently)."""
@@ -388,7 +446,9 @@ class MeKBPartition:
             memo.changed(entity_id for entity_id, _, _ in item.entities)
             memo.removed(evicted)
         state.version += 1
-        state.ts = event.ts
+        # `ts` is the newest event time applied (docs/contracts.md): a late event counts
+        # but does not move it backwards.
+        state.ts = max(state.ts, event.ts)
         state.remember_event(h, self.config.dedupe_window)
         state.remember_item(event.item_id, self.config.seen_items)
         plan.outcomes["unparked" if from_park else "applied"] += 1
@@ -418,21 +478,16 @@ class MeKBPartition:
             plan.changes[DF + entity_id.encode()] = str(value).encode() if value else None
         for user_id, state in touched.items():
             plan.changes[USER + user_id.encode()] = state.encode()
-            entities = self.scored(state.counts)
-            plan.mekb_sizes.append(len(entities))
-            plan.outputs.append(Output("mekb-updates", user_id.encode(), dumps({
-                "v": 1, "user_id": user_id, "version": state.version, "ts": state.ts,
-                "updated_at": now, "n_users": self.n_users(), "entities": entities,
-                "seen_items": state.seen[::-1],
-            })))
+            update = self._update(user_id, state, now)
+            plan.mekb_sizes.append(update.size)
+            plan.outputs.append(update.value)
         if plan.changes:
             self.seq += 1
             if plan.next_offset is not None:
                 self.applied_next = max(self.applied_next, plan.next_offset)
             # `next`: the input offset the state has consumed up to (changelogged with
-            # the batch, so a restore knows it too).
-            plan.changes[META] = dumps({"seq": self.seq, "n": self.n_p,
-                                        "next": self.applied_next})
+            # the batch, so a restore knows it too), with the id of the topic it counts in.
+            plan.changes[META] = self.meta_value()
             plan.df_partials = [
                 (partial_key(self.partition, e), partial_value(self.seq, self.df_p.get(e, 0)))
                 for e in sorted(changed)
@@ -445,3 +500,17 @@ class MeKBPartition:
             for user_id in list(self.cache)[: len(self.cache) - self.cache_max]:
                 if user_id not in touched:
                     del self.cache[user_id]
+
+    def _update(self, user_id: str, state: UserState, now: float) -> _Update:
+        entities = self.scored(state.counts)
+        return _Update(len(entities), Output("mekb-updates", user_id.encode(), dumps({
+            "v": 1, "user_id": user_id, "version": state.version, "ts": state.ts,
+            "updated_at": now, "n_users": self.n_users(), "entities": entities,
+            "seen_items": state.seen[::-1],
+        })))
+
+
+@dataclass(slots=True)
+class _Update:
+    size: int
+    value: Output

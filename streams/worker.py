@@ -50,6 +50,7 @@ and 5 run in one producer transaction (RocksDB is written after it commits).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -59,6 +60,7 @@ from typing import Any
 from linker.base import Linker
 from mekb.kafka_config import aiokafka_config, profile
 from mekb.settings import Settings
+from mekb.topics import rebase_needed, topic_ids
 from streams.catalog import ItemCatalog, LinkedItem
 from streams.codec import dumps
 from streams.config import StreamConfig
@@ -73,7 +75,7 @@ from streams.kafka_io import (
     write_marker,
 )
 from streams.metrics import StreamMetrics
-from streams.partition import LOCAL, FlushPlan, InRecord, MeKBPartition, store_prefix
+from streams.partition import LOCAL, META, FlushPlan, InRecord, MeKBPartition, store_prefix
 from streams.state.base import StateStore
 
 logger = logging.getLogger(__name__)
@@ -262,7 +264,7 @@ class StreamWorker:
             "read_uncommitted", **FETCH,
         )
         await consumer.start()
-        consumer.subscribe([self.t("interactions")], listener=_listener(self))
+        consumer.subscribe([self.t("interactions")], listener=_listener(self, consumer))
         topic = self.t("interactions")
         self.health.ready = True
         try:
@@ -365,9 +367,8 @@ class StreamWorker:
         part = self.partitions[plan.partition]
         prefix = store_prefix(plan.partition)
         changes: dict[bytes, bytes | None] = {prefix + k: v for k, v in plan.changes.items()}
-        changes[prefix + LOCAL] = dumps({"changelog_next": changelog_next})
+        changes[prefix + LOCAL] = part.local_value(changelog_next)
         self.store.write(changes)
-        part.changelog_next = changelog_next
 
     async def _durable(self, plans: list[FlushPlan]) -> None:
         # 1. outputs
@@ -438,12 +439,20 @@ class StreamWorker:
             self.health.last_batch_at = now
 
     # --- rebalancing -------------------------------------------------------
-    async def assign(self, partitions: list[int]) -> None:
+    async def assign(self, partitions: list[int]) -> set[int]:
+        """Restore newly assigned partitions; returns those whose input offsets were
+        rebased (a new interactions topic: the consumer must read it from the start)."""
+        rebased = set()
         async with self._lock:
-            for p in partitions:
-                if p not in self.partitions:
-                    await self._restore(p)
+            new = [p for p in partitions if p not in self.partitions]
+            if new:
+                names = [self.t(n) for n in ("interactions", "mekb-changelog", "mekb-updates")]
+                ids = await asyncio.to_thread(topic_ids, self.settings, names)
+                for p in new:
+                    if await self._restore(p, ids):
+                        rebased.add(p)
             self._sync_health()
+        return rebased
 
     async def revoke(self, partitions: list[int]) -> None:
         # The lock waits for a batch being processed, the drain for the batch being
@@ -458,27 +467,21 @@ class StreamWorker:
         self.health.partitions = sorted(self.partitions)
         self.metrics.partitions.labels("mekb").set(len(self.partitions))
 
-    async def _restore(self, p: int) -> None:
+    async def _restore(self, p: int, ids: dict[str, str]) -> bool:
         """Catch the local state of partition p up with the changelog: from the local
-        position (0 if RocksDB was lost) to a marker appended now."""
+        position (0 if RocksDB was lost) to a marker appended now. Offsets stored under
+        another topic id than the topic's now (mekb/topics.py) are rebased: see
+        `_catch_up` and `_rebase`. Returns whether the input offsets were rebased."""
         started = time.perf_counter()
         part = MeKBPartition(p, self.store, self.config, self.catalog, self.dftable,
                              self._n_partitions)
         part.load()
-        topic = self.t("mekb-changelog")
-        end = await write_marker(self._producer, topic, p)
-        prefix = store_prefix(p)
-
-        def apply(records: list[Any]) -> None:
-            self.store.write({prefix + r.key: r.value for r in records})
-
-        n = 0
-        if part.changelog_next < end:
-            n = await read_until(self._restorer, topic, p, part.changelog_next, end, apply)
-        self.store.write({prefix + LOCAL: dumps({"changelog_next": end + 1})})
+        n, new_changelog = await self._catch_up(part, ids.get(self.t("mekb-changelog")))
         part.load()
+        rebased = await self._rebase(part, ids, new_changelog)
         self.partitions[p] = part
-        # Re-publish every df partial of p: whatever a crash kept from being published.
+        # Re-publish every df partial of p: whatever a crash kept from being published
+        # (and everything, into a new df-partials topic).
         await asyncio.gather(*await send_records(
             self._producer, self.t("df-partials"), p, part.df_snapshot()))
         elapsed = time.perf_counter() - started
@@ -486,6 +489,96 @@ class StreamWorker:
         logger.info("partition %d ready: %d changelog records applied in %.2fs "
                     "(users' df entries %d, n_p %d, parked %d)", p, n, elapsed,
                     len(part.df_p), part.n_p, part.parked_count)
+        return rebased
+
+    async def _catch_up(self, part: MeKBPartition, topic_id: str | None) -> tuple[int, bool]:
+        """Apply the changelog records the store lacks. A changelog that is another topic
+        than the one the store's position counts in (another id, or a position beyond its
+        end: a broker without topic ids) is read whole: if it holds records of p, another
+        worker seeded it after the change, and it replaces the store; if it is empty, the
+        store is what survived and seeds it (`_rebase`). Returns the records applied and
+        whether the changelog is a new topic."""
+        p = part.partition
+        topic = self.t("mekb-changelog")
+        prefix = store_prefix(p)
+        end = await write_marker(self._producer, topic, p)
+        new = rebase_needed(part.changelog_id, topic_id) or part.changelog_next > end + 1
+        wiped = False
+
+        def apply(records: list[Any]) -> None:
+            nonlocal wiped
+            if new and not wiped:
+                # (a crash from here on leaves no LOCAL: the next start restores from 0)
+                self.store.write({k: None for k, _ in list(self.store.scan(prefix))})
+                wiped = True
+            self.store.write({prefix + r.key: r.value for r in records})
+
+        start = 0 if new else part.changelog_next
+        n = await read_until(self._restorer, topic, p, start, end, apply) if start < end else 0
+        if new:
+            logger.warning("partition %d: mekb-changelog is a new topic (id %s, was %s): %s",
+                           p, topic_id, part.changelog_id,
+                           f"restored from its {n} records" if n else
+                           "seeding it from the local state")
+            part.seeding = not n
+        if topic_id is not None:
+            part.changelog_id = topic_id
+        self.store.write({prefix + LOCAL: part.local_value(end + 1)})
+        return n, new
+
+    async def _rebase(self, part: MeKBPartition, ids: dict[str, str], new_changelog: bool) -> bool:
+        """Make the topics agree with the state after some of them were re-created (or the
+        embedded broker restarted): rebase the input offsets to a new interactions topic,
+        seed a new changelog from the store, publish every user's MeKB to a new
+        mekb-updates topic. Each step is recorded only once it is durable, so a crash in
+        between repeats it (every record holds absolute values)."""
+        p = part.partition
+        prefix = store_prefix(p)
+        input_id = ids.get(self.t("interactions"))
+        changes: dict[bytes, bytes | None] = {}
+        rebased = rebase_needed(part.input_id, input_id) or (input_id is None and new_changelog)
+        if rebased:
+            logger.warning("partition %d: interactions is a new topic (id %s, was %s): "
+                           "input offsets rebased from %d to 0, state kept", p, input_id,
+                           part.input_id, part.applied_next)
+            changes = part.rebase_input(input_id)
+        elif part.input_id is None and input_id is not None:
+            part.input_id = input_id  # state from before ids were recorded: adopt it
+            changes = {META: part.meta_value()}
+        if part.seeding or changes:
+            records = changes
+            if part.seeding:
+                records = {**await asyncio.to_thread(part.state_records), **changes}
+            async with self._transaction():
+                futures = await send_records(self._producer, self.t("mekb-changelog"), p,
+                                             list(records.items()))
+                metas = await asyncio.gather(*futures)
+            if part.seeding:
+                logger.info("partition %d: mekb-changelog seeded with %d records", p,
+                            len(records))
+            part.seeding = False
+            self.store.write({**{prefix + k: v for k, v in changes.items()},
+                              prefix + LOCAL: part.local_value(_changelog_next(metas))})
+        updates_id = ids.get(self.t("mekb-updates"))
+        if updates_id is not None and updates_id != part.updates_id:
+            # A new mekb-updates topic (or none published under an id yet): every MeKB
+            # of p, so that a serving replica built from the topic has every user.
+            updates = await asyncio.to_thread(part.all_updates, time.time())
+            async with self._transaction():
+                await asyncio.gather(*await send_records(
+                    self._producer, self.t("mekb-updates"), p, updates))
+            part.updates_id = updates_id
+            self.store.write({prefix + LOCAL: part.local_value(part.changelog_next)})
+            if updates:
+                logger.info("partition %d: %d MeKBs published to mekb-updates (id %s)", p,
+                            len(updates), updates_id)
+        return rebased
+
+    def _transaction(self) -> Any:
+        """Sends outside a batch: in a transaction where the producer is transactional."""
+        if self.settings.exactly_once:
+            return self._producer.transaction()
+        return contextlib.nullcontext()
 
 
 def _changelog_next(metas: list[Any]) -> int:
@@ -509,7 +602,7 @@ async def _commit(consumer: Any, offsets: dict[Any, int]) -> None:
         logger.info("offset commit skipped (%s)", exc)
 
 
-def _listener(worker: StreamWorker) -> Any:
+def _listener(worker: StreamWorker, consumer: Any) -> Any:
     """An aiokafka ConsumerRebalanceListener that hands partitions to the worker."""
     from aiokafka import ConsumerRebalanceListener
 
@@ -518,7 +611,13 @@ def _listener(worker: StreamWorker) -> Any:
             await worker.revoke([tp.partition for tp in revoked])
 
         async def on_partitions_assigned(self, assigned: Any) -> None:
-            await worker.assign([tp.partition for tp in assigned])
+            rebased = await worker.assign([tp.partition for tp in assigned])
+            for tp in assigned:
+                if tp.partition in rebased:
+                    # The group's committed offset (if the broker kept one) belongs to
+                    # the old topic: read the new one from its start (a retention-trimmed
+                    # start resets to the earliest offset).
+                    consumer.seek(tp, 0)
 
     return Listener()
 

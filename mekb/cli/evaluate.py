@@ -1,10 +1,19 @@
-"""`mekb evaluate`: HR@10 / NDCG@10 (1 + 999 sampled negatives, and full ranking),
-overall and per bucket, mean ± std over seeds, for MeKB-Rec and the baselines."""
+"""`mekb evaluate`: one harness, two protocols, every registered method
+(trainer/evaluate.py `METHODS`).
+
+- `--protocol mekb-rec` (default): one scenario SOURCE[,SOURCE...]:TARGET; HR@10 /
+  NDCG@10 (1 + 999 sampled negatives, and full ranking) and filtered MRR / Hit@100,
+  overall and per bucket (zero/few/multi-shot);
+- `--protocol multidomain` (the second paper): every domain in turn the target, all
+  others the sources; filtered MRR / Hit@100 (and HR/NDCG@10) of each domain's
+  zero-shot users.
+Mean ± std over seeds; `--tune-budget N` fits every method on the same N
+configurations of its search space and tests the best on validation.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +22,30 @@ import typer
 from mekb.cli.common import CliError
 from mekb.cli.train import DATASET_HELP, load, scenario_config
 
-ALL = ("Popularity", "YoutubeDNN (target only)", "EMCDR", "CMF", "w/o PLM", "MeKB-Rec")
-SHORT = {"popularity": "Popularity", "youtubednn": "YoutubeDNN (target only)",
-         "emcdr": "EMCDR", "cmf": "CMF", "noplm": "w/o PLM", "mekb": "MeKB-Rec"}
+# what `--methods all` runs, in table order (the registry may hold more)
+ALL = ("popularity", "youtubednn", "emcdr", "cmf", "noplm", "mekb", "smf", "base", "kge",
+       "multd", "multd-kge", "multd-gnn", "multd-kge-gnn", "entitygraph")
 
 
 def evaluate(
     dataset: str = typer.Option(..., "--dataset", help=DATASET_HELP),
-    scenario: str = typer.Option(None, "--scenario", help="SOURCE:TARGET domains."),
+    scenario: str = typer.Option(None, "--scenario", help="SOURCE[,SOURCE...]:TARGET domains "
+                                 "(mekb-rec protocol)."),
+    protocol: str = typer.Option("mekb-rec", "--protocol",
+                                 help="mekb-rec (one scenario, buckets) or multidomain (every "
+                                      "domain in turn the target)."),
+    domains: str = typer.Option(None, "--domains", help="multidomain: comma list of domains "
+                                "(default: all of the dataset's)."),
     model: Path = typer.Option(None, "--model", help="Evaluate this `mekb train --out` "
                                "folder on its own scenario seed (no retraining)."),
-    methods: str = typer.Option("all", "--methods", help="Comma list of "
-                                + ",".join(SHORT) + " or all."),
+    methods: str = typer.Option("all", "--methods", help="Comma list of method names "
+                                "(see the list in the error for an unknown one) or all."),
     seeds: str = typer.Option("0,1,2,3,4", "--seeds", help="Comma list of seeds."),
+    tune_budget: int = typer.Option(0, "--tune-budget", min=0, help="Configurations of each "
+                                    "method's search space fitted and compared on validation "
+                                    "(0: defaults, no tuning)."),
+    tune_criterion: str = typer.Option("zero-shot:HR@10", "--tune-criterion",
+                                       help="BUCKET:METRIC of the validation split to maximise."),
     out: Path = typer.Option(None, "--out", help="Append per-run records (JSON lines; "
                              "finished runs are skipped on rerun)."),
     markdown: Path = typer.Option(None, "--markdown", help="Write the tables here."),
@@ -41,11 +61,25 @@ def evaluate(
     use_linker: bool = typer.Option(False, "--linker"),
     progress: bool = typer.Option(False, "--progress/--no-progress"),
 ) -> None:
-    """Run the paper's evaluation protocol (Tables 1 and 5 layout)."""
+    """Run the evaluation protocols (Tables 1 and 5 layout; the second paper's per-domain
+    zero-shot table)."""
     from trainer.data.scenario import build_scenario
+    from trainer.evaluate import (
+        METHODS,
+        PROTOCOLS,
+        MethodOptions,
+        markdown_multidomain,
+        markdown_tables,
+        method_factory,
+        run_experiment,
+    )
     from trainer.evaluate import evaluate as eval_one
-    from trainer.evaluate import markdown_tables, run_experiment
 
+    if protocol not in PROTOCOLS:
+        raise CliError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+    bucket, sep, metric = tune_criterion.partition(":")
+    if not sep or not bucket or not metric:
+        raise CliError(f"--tune-criterion must be BUCKET:METRIC, not {tune_criterion!r}")
     data = load(dataset, use_linker)
     if model is not None:
         from trainer.baselines.embedme import EmbedMeScorer
@@ -65,32 +99,39 @@ def evaluate(
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise CliError(f"--seeds must be a comma list of integers, not {seeds!r}") from None
-    wanted = list(ALL) if methods == "all" else []
-    if not wanted:
-        for m in methods.split(","):
-            if m.strip().lower() not in SHORT:
-                raise CliError(f"unknown method {m!r}: {', '.join(SHORT)}")
-            wanted.append(SHORT[m.strip().lower()])
-    from trainer.baselines import method_factories
-    from trainer.model import EmbedMeConfig
-    from trainer.offline import TrainConfig
-
-    base_train = TrainConfig(epochs=epochs, batch_users=batch_users, progress=progress)
-    factories = method_factories(
-        embedme={"model": EmbedMeConfig(max_tokens=max_tokens), "training": base_train},
-        id_epochs=id_epochs,
-    )
-    plm_train = replace(base_train, freeze_layers=freeze_layers)
-    from trainer.baselines.embedme import EmbedMeScorer
-
-    factories["MeKB-Rec"] = lambda: EmbedMeScorer(
-        pretrained=True, model=EmbedMeConfig(max_tokens=max_tokens), training=plm_train)
-    chosen = {name: factories[name] for name in wanted}
-    sc_cfg = scenario_config(dataset, scenario, 0, min_item, min_user)
+    wanted = list(ALL) if methods == "all" else [m.strip().lower() for m in methods.split(",")
+                                                 if m.strip()]
+    for m in wanted:
+        if m not in METHODS:
+            raise CliError(f"unknown method {m!r}: {', '.join(METHODS)}")
+    options = MethodOptions(epochs=epochs, batch_users=batch_users, max_tokens=max_tokens,
+                            freeze_layers=freeze_layers, id_epochs=id_epochs, progress=progress)
+    chosen = {METHODS[m][0]: method_factory(m, options) for m in wanted}
+    domain_list = [d.strip() for d in domains.split(",") if d.strip()] if domains else None
+    if protocol == "multidomain":
+        names = domain_list or data.domains()
+        unknown = [d for d in names if d not in data.domains()]
+        if len(names) < 2 or unknown:
+            raise CliError(f"--domains: need two or more of {data.domains()}, got {names}")
+        first, rest = names[-1], ",".join(names[:-1])
+        sc_cfg = scenario_config(dataset, f"{rest}:{first}", 0, min_item, min_user)
+    else:
+        sc_cfg = scenario_config(dataset, scenario, 0, min_item, min_user)
     records = run_experiment(data, sc_cfg, chosen, seed_list, n_negatives=negatives,
-                             out_jsonl=out)
-    records = [r for r in records if r.method in chosen and r.seed in seed_list]
-    table = markdown_tables(records)
+                             out_jsonl=out, protocol=protocol, domains=domain_list,
+                             tune_budget=tune_budget, criterion=tune_criterion)
+    records = [r for r in records if r.method in chosen and r.seed in seed_list
+               and r.protocol == protocol]
+    if not records:
+        raise CliError("no run finished")
+    if protocol == "multidomain":
+        tables = [markdown_multidomain(records),
+                  markdown_multidomain(records, ("HR@10", "NDCG@10")),
+                  markdown_multidomain(records, bucket="all")]
+    else:
+        tables = [markdown_tables(records),
+                  "Filtered full ranking\n\n" + markdown_tables(records, ("MRR", "Hit@100"))]
+    table = "\n\n".join(tables)
     if markdown is not None:
         markdown.write_text(table + "\n")
     typer.echo(table)

@@ -9,10 +9,12 @@ from typer.exceptions import TyperException
 
 from mekb import __version__
 from mekb.cli import broker, config, link, linker, monitor, produce, sample, topics, up, worker
+from mekb.cli import kg as kg_cli
 from mekb.cli import evaluate as evaluate_cli
 from mekb.cli import export_onnx as export_onnx_cli
 from mekb.cli import models as models_cli
 from mekb.cli import serve as serve_cli
+from mekb.cli import status as status_cli
 from mekb.cli import train as train_cli
 from mekb.cli import trainer as trainer_cli
 from mekb.cli.common import CliError
@@ -30,6 +32,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command()(up.up)
+app.command()(status_cli.status)
 app.command()(broker.broker)
 app.add_typer(topics.app, name="topics")
 app.command()(produce.produce)
@@ -38,6 +41,7 @@ app.command()(config.config)
 app.command()(monitor.monitor)
 app.command()(link.link)
 app.add_typer(linker.app, name="linker")
+app.add_typer(kg_cli.app, name="kg")
 app.command()(worker.worker)
 app.add_typer(models_cli.app, name="models")
 app.command()(trainer_cli.trainer)

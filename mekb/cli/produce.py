@@ -7,7 +7,11 @@ from pathlib import Path
 
 import typer
 
-from mekb.cli.common import CliError, settings_with
+from mekb.cli.common import CliError, require_broker, settings_with
+
+# Exit status when the run completed but some lines were rejected (1 = error, nothing
+# or not everything sent; 2 = usage error).
+EXIT_REJECTED = 3
 
 
 def produce(
@@ -26,18 +30,38 @@ def produce(
     progress: bool = typer.Option(
         None, "--progress/--no-progress", help="Progress bar (default: when stderr is a TTY)."
     ),
+    ignore_extra_columns: bool = typer.Option(
+        False, "--ignore-extra-columns",
+        help="CSV: drop columns that are no event field (and cells beyond the header) "
+        "instead of refusing the file.",
+    ),
+    allow_rejects: bool = typer.Option(
+        False, "--allow-rejects",
+        help=f"Exit 0 even when lines were rejected (default: exit {EXIT_REJECTED}).",
+    ),
 ) -> None:
-    """Send events to `interactions`/`items`; rejected lines are counted and written out."""
-    from mekb.produce import produce_file
+    """Send events to `interactions`/`items`; rejected lines (invalid event, not UTF-8,
+    extra CSV cells) are counted and written out, and make the exit status 3 unless
+    --allow-rejects. An unknown CSV column stops the run before anything is sent."""
+    from mekb.produce import ProduceError, produce_file
 
     if kind not in ("auto", "interaction", "item"):
         raise CliError(f"--type must be auto, interaction or item, not {kind!r}")
     if not file.is_file():
         raise CliError(f"no such file: {file}")
     settings = settings_with(produce_rate=rate)
-    report = produce_file(
-        settings, file, kind=kind,  # type: ignore[arg-type]
-        rate=settings.produce_rate, rejects_path=rejects, limit=limit,
-        progress=sys.stderr.isatty() if progress is None else progress,
-    )
+    require_broker(settings)
+    try:
+        report = produce_file(
+            settings, file, kind=kind,  # type: ignore[arg-type]
+            rate=settings.produce_rate, rejects_path=rejects, limit=limit,
+            progress=sys.stderr.isatty() if progress is None else progress,
+            ignore_extra_columns=ignore_extra_columns,
+        )
+    except ProduceError as exc:
+        raise CliError(str(exc)) from None
     typer.echo(report.summary())
+    if report.total_rejected and not allow_rejects:
+        typer.echo(f"mekb: {report.total_rejected} lines rejected (see {report.rejects_path}; "
+                   f"--allow-rejects exits 0)", err=True)
+        raise typer.Exit(EXIT_REJECTED)

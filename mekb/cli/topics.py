@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mekb.cli.common import settings_with
+from mekb.cli.common import CliError, require_broker, settings_with
 
 app = typer.Typer(help="Create or list the topics MeKB-Stream uses.", no_args_is_help=True)
 
@@ -16,9 +16,16 @@ def create(
     ),
 ) -> None:
     """Create every topic (compacted where the topic holds state). Idempotent."""
+    from kafka.errors import KafkaError
+
     from mekb.topics import create_topics
 
-    created = create_topics(settings_with(partitions=partitions))
+    settings = settings_with(partitions=partitions)
+    servers = require_broker(settings)
+    try:
+        created = create_topics(settings)
+    except KafkaError as exc:  # answers TCP, but not (or no longer) the Kafka protocol
+        raise CliError(f"broker at {servers}: {type(exc).__name__}: {exc}") from None
     typer.echo(f"created: {', '.join(created) if created else '(all existed)'}")
 
 

@@ -8,7 +8,7 @@ import signal
 
 import typer
 
-from mekb.cli.common import CliError, settings_with
+from mekb.cli.common import CliError, require_broker, settings_with
 
 
 def trainer(
@@ -30,7 +30,6 @@ def trainer(
     import torch
     from prometheus_client import CollectorRegistry
 
-    from mekb.kafka_config import BrokerNotFound, bootstrap_servers
     from mekb.metrics_http import serve
     from mekb.registry import Registry, announce, registry_root
     from trainer.model import ModelError
@@ -42,10 +41,7 @@ def trainer(
 
     settings = settings_with(trainer_port=port, trainer_publish_every=publish_every,
                              trainer_refit_interval_s=refit_interval)
-    try:
-        bootstrap_servers(settings)
-    except BrokerNotFound as exc:
-        raise CliError(str(exc)) from None
+    require_broker(settings)
     try:
         lock = acquire_lock(registry_root(settings) / ".trainer.lock")
     except AlreadyRunning as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from mekb.cli.common import CliError, settings_with
-from mekb.settings import Settings
+from mekb.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from mekb.supervisor import Supervisor
@@ -28,15 +29,24 @@ logger = logging.getLogger(__name__)
 DEMO_DEFAULTS = {"MEKB_TRAINER_PUBLISH_INTERVAL_S": "60"}
 
 
-def component_env(bootstrap: str, data_dir: Path, environ: Mapping[str, str]) -> dict[str, str]:
+def component_env(bootstrap: str, data_dir: Path, environ: Mapping[str, str],
+                  settings: Settings | None = None) -> dict[str, str]:
     """What `mekb up` adds to its children's environment: the embedded broker, the data
-    directory and the demo defaults. The demo should show recommendations within a
-    minute or two, not after the production cadence (5,000 examples or 15 minutes), so
-    DEMO_DEFAULTS apply unless `environ` sets them."""
+    directory, the ports (`settings`, flags included) and the demo defaults. The demo
+    should show recommendations within a minute or two, not after the production
+    cadence (5,000 examples or 15 minutes), so DEMO_DEFAULTS apply unless `environ`
+    sets them."""
     env = {"MEKB_BOOTSTRAP_SERVERS": bootstrap, "MEKB_BROKER_FLAVOR": "tansu",
            "MEKB_DATA_DIR": str(data_dir)}
+    if settings is not None:
+        env.update({f"MEKB_{name.upper()}": str(getattr(settings, name)) for name in PORTS})
     env.update({k: v for k, v in DEMO_DEFAULTS.items() if k not in environ})
     return env
+
+
+def status_path(settings: Settings) -> Path:
+    """The status file the supervisor of a running `mekb up` keeps (read by `mekb status`)."""
+    return settings.data_dir / "status.json"
 
 
 def up(
@@ -46,8 +56,42 @@ def up(
     limit: int = typer.Option(
         None, "--limit", min=1, help="Replay only the first N ratings (default: all 100k)."
     ),
-    port: int = typer.Option(
-        None, "--port", "-p", min=0, max=65535, help="Broker port (default: a free port)."
+    broker_port: int = typer.Option(
+        None, "--broker-port", "--port", "-p", min=0, max=65535,
+        help="Kafka port of the embedded broker (MEKB_BROKER_PORT; default: a free port). "
+        "Not an HTTP port: see --serving-port.",
+    ),
+    serving_port: int = typer.Option(
+        None, "--serving-port", min=0, max=65535,
+        help="HTTP API and /metrics of serving (MEKB_SERVING_PORT, default 8470; 0 = a free "
+        "port).",
+    ),
+    worker_port: int = typer.Option(
+        None, "--worker-port", min=0, max=65535,
+        help="/metrics and /healthz of the stream worker (MEKB_WORKER_PORT, default 9465).",
+    ),
+    trainer_port: int = typer.Option(
+        None, "--trainer-port", min=0, max=65535,
+        help="/metrics and /healthz of the trainer (MEKB_TRAINER_PORT, default 9468).",
+    ),
+    monitor_port: int = typer.Option(
+        None, "--monitor-port", min=0, max=65535,
+        help="/metrics of the drift monitor (MEKB_MONITOR_PORT, default 9466).",
+    ),
+    max_restarts: int = typer.Option(
+        None, "--max-restarts", min=0,
+        help="Restarts of a crashed process allowed within --restart-window before giving "
+        "up (MEKB_SUPERVISOR_MAX_RESTARTS, default 5; 0 = a crash stops everything).",
+    ),
+    restart_window: float = typer.Option(
+        None, "--restart-window", min=0.001,
+        help="Seconds over which crashes count towards --max-restarts and the backoff "
+        "(MEKB_SUPERVISOR_RESTART_WINDOW_S, default 600).",
+    ),
+    backoff: float = typer.Option(
+        None, "--backoff", min=0.0,
+        help="Seconds before the first restart; doubled with each further crash, up to "
+        "MEKB_SUPERVISOR_BACKOFF_MAX_S (MEKB_SUPERVISOR_BACKOFF_S, default 1).",
     ),
     once: bool = typer.Option(
         False, "--once",
@@ -72,6 +116,16 @@ def up(
     MovieLens-100k sample and print where to fetch embeddings and metrics.
 
     Logs of each process go to $MEKB_DATA_DIR/logs/<name>.log and, prefixed, to stdout.
+
+    Ports: --broker-port is the broker's Kafka port; the HTTP ports are --serving-port
+    (API and /metrics) and --worker-port, --trainer-port, --monitor-port (/metrics).
+
+    A process that crashes is restarted with exponential backoff (--backoff) while the
+    others keep running; more than --max-restarts crashes within --restart-window stop
+    everything with an error naming its log. A restarted broker starts empty (it keeps
+    topics in memory): the components re-seed it from their local state.
+    `mekb status` shows every process.
+
     The first run builds the default entity alias table (a minute or two, once).
     Ctrl-C stops everything cleanly.
     """
@@ -79,14 +133,20 @@ def up(
     from mekb.components import components, scrape_targets
     from mekb.produce import produce_file
     from mekb.sample import write_sample
-    from mekb.supervisor import Supervisor
+    from mekb.supervisor import RestartPolicy, Supervisor
     from mekb.topics import create_topics
     from monitoring.local_prometheus import prometheus_binary, prometheus_component
 
-    base = settings_with(broker_port=port)
+    base = settings_with(
+        broker_port=broker_port, supervisor_max_restarts=max_restarts,
+        supervisor_restart_window_s=restart_window, supervisor_backoff_s=backoff,
+        **_resolve_ports({"serving_port": serving_port, "worker_port": worker_port,
+                          "trainer_port": trainer_port, "monitor_port": monitor_port}),
+    )
     data_dir = base.data_dir.resolve()
     log_dir = data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    _refuse_second_instance(status_path(base))
     prom_binary = prometheus_binary()
     if prometheus and prom_binary is None:
         raise CliError("--prometheus: no `prometheus` binary on PATH (apt-get install "
@@ -101,9 +161,30 @@ def up(
         settings = settings_with(
             bootstrap_servers=broker.bootstrap_servers, broker_flavor="tansu",
             data_dir=data_dir, broker_port=broker.port,
+            **{name: getattr(base, name) for name in (*PORTS, *POLICY)},
         )
-        env = component_env(broker.bootstrap_servers, data_dir, os.environ)
-        supervisor = Supervisor(log_dir, env)
+        env = component_env(broker.bootstrap_servers, data_dir, os.environ, settings)
+        policy = RestartPolicy(
+            backoff_initial_s=settings.supervisor_backoff_s,
+            backoff_max_s=max(settings.supervisor_backoff_s, settings.supervisor_backoff_max_s),
+            max_restarts=settings.supervisor_max_restarts,
+            window_s=settings.supervisor_restart_window_s,
+        )
+        supervisor = Supervisor(log_dir, env, policy=policy, status_path=status_path(settings),
+                                info={"broker": broker.bootstrap_servers,
+                                      "data_dir": str(data_dir)})
+
+        def restart_broker() -> subprocess.Popen[bytes]:
+            # Tansu keeps topics in memory only: the new broker starts empty on the same
+            # port. Components notice the new incarnation (topic ids) and re-seed it.
+            broker.start()
+            create_topics(settings)
+            broker.write_address(base.broker_file)
+            assert broker.process is not None
+            return broker.process
+
+        assert broker.process is not None
+        supervisor.adopt("broker", broker.process, log_dir / "broker.log", restart_broker)
         try:
             created = create_topics(settings)
             typer.echo(f"broker {broker.bootstrap_servers}; topics created: {len(created)}")
@@ -115,7 +196,7 @@ def up(
                 supervisor.start(prometheus_component(
                     prom_binary, data_dir, prometheus_port, scrape_targets(settings)))
                 prom_url = f"http://127.0.0.1:{prometheus_port}"
-            supervisor.wait_healthy(timeout_s=300.0)
+            supervisor.wait_healthy(timeout_s=300.0, stop=stop)
             items, interactions = write_sample(data_dir / "sample", limit=limit)
             for path in (items, interactions):
                 if stop.is_set():
@@ -126,12 +207,41 @@ def up(
             version = _wait_serving_ready(settings, supervisor, stop, ready_timeout)
             if version:
                 typer.echo(_banner(settings, version, log_dir, prom_url, once=once))
-            while not once and not stop.wait(1.0):
-                supervisor.check_alive()
+            while not once and not stop.wait(0.5):
+                supervisor.check()
         finally:
             supervisor.stop_all()
             base.broker_file.unlink(missing_ok=True)
     typer.echo("stopped")
+
+
+# Settings `mekb up` hands to its children, flags included.
+PORTS = ("serving_port", "worker_port", "trainer_port", "monitor_port")
+POLICY = ("supervisor_max_restarts", "supervisor_restart_window_s", "supervisor_backoff_s",
+          "supervisor_backoff_max_s")
+
+
+def _resolve_ports(flags: dict[str, int | None]) -> dict[str, int | None]:
+    """Port 0 (from a flag or the environment) becomes a free port here, so the health
+    URLs and the banner name the port the process really binds."""
+    from mekb.broker import free_port
+
+    env = get_settings()
+    resolved: dict[str, int | None] = {}
+    for name, value in flags.items():
+        port = getattr(env, name) if value is None else value
+        resolved[name] = free_port() if port == 0 else value
+    return resolved
+
+
+def _refuse_second_instance(path: Path) -> None:
+    """Two `mekb up` on one data directory would share RocksDB state and ports."""
+    from mekb.cli.status import read_status, supervisor_alive
+
+    status = read_status(path)
+    if status is not None and supervisor_alive(status):
+        raise CliError(f"`mekb up` already runs on {path.parent} (pid "
+                       f"{status['supervisor_pid']}); see `mekb status`")
 
 
 def _ensure_alias_table(settings: Settings, *, progress: bool) -> None:
@@ -154,7 +264,7 @@ def _wait_serving_ready(settings: Settings, supervisor: Supervisor, stop: thread
     deadline = time.monotonic() + timeout_s
     typer.echo("waiting for the trainer's first model version to be served ...")
     while not stop.is_set():
-        supervisor.check_alive()
+        supervisor.check()
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 body = json.loads(resp.read() or b"{}")
@@ -162,8 +272,9 @@ def _wait_serving_ready(settings: Settings, supervisor: Supervisor, stop: thread
         except OSError:
             pass
         if time.monotonic() > deadline:
-            raise ComponentFailed(f"serving not ready after {timeout_s:.0f}s "
-                                  f"(see {settings.data_dir / 'logs'})")
+            raise ComponentFailed(f"serving not ready after {timeout_s:.0f}s (no model version "
+                                  f"served yet); logs: {settings.data_dir / 'logs'}/"
+                                  "{trainer,serving}.log")
         stop.wait(1.0)
     return None
 

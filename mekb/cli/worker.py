@@ -7,7 +7,7 @@ import signal
 
 import typer
 
-from mekb.cli.common import CliError, settings_with
+from mekb.cli.common import CliError, require_broker, settings_with
 
 
 def worker(
@@ -33,6 +33,7 @@ def worker(
     if settings.exactly_once and settings.flavor == "tansu":
         raise CliError("MEKB_EXACTLY_ONCE needs Apache Kafka; the embedded broker has no "
                        "transactions (the default at-least-once keeps state exact)")
+    require_broker(settings)
     try:
         linker = build_linker(settings)
     except Exception as exc:  # AliasTableError, NerUnavailable: user-fixable

@@ -205,7 +205,7 @@ def test_update_changes_embedding_within_freshness_target(server: ServeProcess,
                              params={"domain": "movies", "k": 10}).json()
     assert {i["item_id"] for i in recs["items"]} == {"m2", "m3", "m4", "m5"}
     metrics = server.client.get("/metrics").text
-    assert "mekb_serving_freshness_lag_seconds_count" in metrics
+    assert "mekb_serving_processing_lag_seconds_count" in metrics
     assert 'mekb_serving_replica_records_total{outcome="applied"}' in metrics
 
 

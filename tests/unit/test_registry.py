@@ -160,3 +160,70 @@ def test_model_update_event_matches_the_contract(tmp_path: Path) -> None:
     assert set(event) == {"v", "version", "kind", "created_at", "parent"}
     assert event["v"] == 1 and event["kind"] == "items"
     assert event["parent"] == "20261124T110000Z-9a8b7c"
+
+
+def _three_versions(tmp_path: Path) -> Registry:
+    reg = Registry(tmp_path / "reg")
+    for n, parent in ((1, None), (2, "v1"), (3, "v2")):
+        reg.publish(make_bundle(tmp_path / f"b{n}", bytes([n])), version=f"v{n}", parent=parent)
+    return reg
+
+
+def test_a_pin_holds_promotion_until_unpinned_and_survives_a_new_registry_object(
+    tmp_path: Path,
+) -> None:
+    reg = _three_versions(tmp_path)
+    assert reg.promote("v1") is True and reg.pinned() is None
+    pin = reg.pin("v1")
+    assert pin.version == "v1"
+    assert reg.promote("v2") is False  # the trainer's new version stays inactive
+    assert reg.active_version() == "v1"
+    # stored in the registry: another process (a restarted trainer) sees the same pin
+    again = Registry(reg.root)
+    assert again.pinned() is not None and again.pinned().version == "v1"  # type: ignore[union-attr]
+    assert again.promote("v3") is False and again.active_version() == "v1"
+    assert again.held_versions() == {"v2", "v3"}
+    released = again.unpin()
+    assert released is not None and released.version == "v1" and again.pinned() is None
+    assert again.unpin() is None
+    assert again.promote("v3") is True and again.active_version() == "v3"
+    assert again.held_versions() == {"v2"}
+    ops = [(h["op"], h["version"]) for h in again.history()]
+    assert ops == [("activate", "v1"), ("pin", "v1"), ("held", "v2"), ("held", "v3"),
+                   ("unpin", "v1"), ("activate", "v3")]
+    # held versions never entered the rollback stack: back to v1, not to v2
+    assert again.rollback_target() == "v1"
+
+
+def test_rollback_pins_its_target(tmp_path: Path) -> None:
+    reg = _three_versions(tmp_path)
+    reg.activate("v1")
+    reg.activate("v2")
+    assert reg.rollback().version == "v1"
+    pin = reg.pinned()
+    assert pin is not None and (pin.version, pin.reason) == ("v1", "rollback")
+    assert reg.history()[-1]["pinned"] is True
+    # the trainer publishing a child of the version rolled back from changes nothing
+    assert reg.promote("v3") is False
+    assert reg.active_version() == "v1"
+
+
+def test_an_operator_activation_moves_the_pin(tmp_path: Path) -> None:
+    reg = _three_versions(tmp_path)
+    reg.pin("v1", reason="incident 42")
+    assert reg.active_version() == "v1" and reg.pinned().reason == "incident 42"  # type: ignore[union-attr]
+    reg.activate("v3")
+    pin = reg.pinned()
+    assert pin is not None and pin.version == "v3" and reg.active_version() == "v3"
+    assert reg.promote("v2") is False and reg.active_version() == "v3"
+    with pytest.raises(VersionNotFound):
+        reg.pin("nope")
+    assert reg.pinned().version == "v3"  # type: ignore[union-attr]
+
+
+def test_a_damaged_pin_file_holds_the_active_version(tmp_path: Path) -> None:
+    reg = _three_versions(tmp_path)
+    reg.pin("v1")
+    reg.pin_file.write_text("{not json")
+    assert reg.promote("v2") is False and reg.active_version() == "v1"
+    assert reg.unpin() is not None and reg.promote("v2") is True

@@ -150,12 +150,19 @@ def test_scenario_protocol() -> None:
         assert sc.buckets[u] == "zero-shot"
     assert all(r.rating is None or r.rating >= 4 for r in sc.train + sc.valid + sc.test)
     assert all(r.domain == "tgt" for r in sc.valid + sc.test)
-    # 8:1:1 over the records that were not held out
-    held = 6 * 6
-    rest = 60 * 6 + 30 * 6 - held
-    n_src_train = sum(r.domain == "src" for r in sc.train)
-    assert abs(len(sc.train) - 0.8 * rest) <= 1
-    assert 0.7 * 360 < n_src_train < 0.9 * 360
+    # another 10 % of the overlapping users are zero-shot validation users, disjoint
+    assert len(sc.valid_held_out_users) == 3
+    assert not sc.valid_held_out_users & sc.held_out_users
+    for u in sc.valid_held_out_users:
+        assert sum(r.user_id == u for r in sc.valid) == 6
+        assert not any(r.user_id == u and r.domain == "tgt" for r in sc.train + sc.test)
+        assert sc.buckets[u] == "zero-shot"
+    # every source record is trained on (held-out users' too); 8:1:1 over the other
+    # target records
+    assert sum(r.domain == "src" for r in sc.train) == 60 * 6
+    rest = 30 * 6 - 9 * 6
+    assert abs(sum(r.domain == "tgt" for r in sc.train) - 0.8 * rest) <= 1
+    assert abs(len(sc.valid) - 3 * 6 - 0.1 * rest) <= 1
     # buckets count target-domain training records
     tcount = Counter(r.user_id for r in sc.train if r.domain == "tgt")
     for u, b in sc.buckets.items():
@@ -206,3 +213,78 @@ def test_synthetic_world_is_deterministic_and_shares_entities() -> None:
     both = {i.user_id for i in a.interactions if i.domain == "books"} & {
         i.user_id for i in a.interactions if i.domain == "movies"}
     assert 0 < len(both) < 50
+
+
+def test_multi_source_scenario_split_rules() -> None:
+    """Three domains: sources a+b, target c. Only target records are predicted; every
+    source record is trained on; test and validation zero-shot users are disjoint."""
+    items = {f"{d}{i}": Item(f"{d}{i}", d, f"{d}{i}") for d in "abc" for i in range(6)}
+    inter = []
+    for u in range(40):
+        for d in ("a" if u % 2 else "b", "c"):
+            if d == "c" and u >= 30:
+                continue  # users 30..39: sources only
+            inter += [Interaction(f"u{u}", f"{d}{(u + i) % 6}", d, 5.0, u * 100 + i)
+                      for i in range(5)]
+    data = Dataset("three", items, inter)
+    sc = build_scenario(data, ScenarioConfig("a,b", "c", min_item_positives=3, seed=2))
+    assert sc.sources == ("a", "b") and sc.source == "a+b"
+    assert sc.source_items() == sorted(i for i in items if i[0] in "ab")
+    assert sum(r.domain in ("a", "b") for r in sc.train) == 40 * 5
+    assert all(r.domain == "c" for r in sc.valid + sc.test)
+    # 30 overlapping users: 6 zero-shot test users, 3 zero-shot validation users
+    assert len(sc.held_out_users) == 6 and len(sc.valid_held_out_users) == 3
+    assert not sc.held_out_users & sc.valid_held_out_users
+    assert {r.user_id for r in sc.valid} >= sc.valid_held_out_users
+    assert all(sc.buckets[u] == "zero-shot" for u in sc.valid_held_out_users)
+    same = build_scenario(data, ScenarioConfig(("a", "b"), "c", min_item_positives=3, seed=2))
+    assert same.train == sc.train and same.valid == sc.valid
+    with pytest.raises(DatasetError, match="differ"):
+        build_scenario(data, ScenarioConfig("a,c", "c"))
+
+
+def test_ml100k_genre_domains_and_knowledge_graph() -> None:
+    from trainer.data.atomic import load_ml100k
+
+    data = load_ml100k(genres=3)
+    assert set(data.domains()) == {"action", "comedy", "drama"}
+    sizes = Counter(it.domain for it in data.items.values())
+    assert min(sizes.values()) > 450  # three domains of comparable size
+    assert data.items["1"].domain == "comedy"  # Toy Story: Animation Children's Comedy
+    assert data.items["2"].domain == "action"  # GoldenEye
+    assert data.kg is not None and len(data.kg.item_links) == 1598
+    sc = build_scenario(data, ScenarioConfig("drama,comedy", "action", min_item_positives=10,
+                                             kg_hops=1))
+    assert sc.kg is not None
+    # the scenario's graph: its items' links and every triple touching their entities
+    assert set(sc.kg.item_links) <= set(sc.items) and len(sc.kg.item_links) > 0.9 * len(sc.items)
+    linked = {e for ents in sc.kg.item_links.values() for e in ents}
+    heads, tails = sc.kg.triples[:, 0], sc.kg.triples[:, 2]
+    assert all(h in linked or t in linked for h, t in zip(heads, tails, strict=True))
+    assert len(sc.kg.triples) < len(data.kg.triples)
+
+
+def test_synthetic_world_knowledge_graph_modes() -> None:
+    plain = generate_world(WorldConfig(users=60, items_per_domain=24, seed=3))
+    only = generate_world(WorldConfig(users=60, items_per_domain=24, seed=3, kg="kg-only"))
+    shared = generate_world(WorldConfig(users=60, items_per_domain=24, seed=3, kg="kg"))
+    assert plain.kg is None and plain.interactions == only.interactions == shared.interactions
+    # kg-only: the two domains share no entity and no title word ...
+    ents = {d: {e.entity_id for i, es in only.entities.items() if only.items[i].domain == d
+                for e in es} for d in ("books", "movies")}
+    assert not ents["books"] & ents["movies"]
+    titles = {d: {e.title for i, es in only.entities.items() if only.items[i].domain == d
+                  for e in es} for d in ("books", "movies")}
+    assert not titles["books"] & titles["movies"]
+    # ... but the graph relates them: a books item and a movies item reach the same topic
+    g = only.kg
+    assert g is not None
+
+    def topics(item: str) -> set[str]:
+        frontier = set(g.item_links[item])
+        for _ in range(3):
+            frontier |= {int(t) for e in frontier for _, t in g.neighbours(e)}
+        return {g.entities[e] for e in frontier if g.entities[e].startswith("topic:")}
+
+    assert topics("b0") and topics("b0") & topics("m0")  # item n of each domain: topic n % 12
+    assert shared.kg is not None and set(shared.kg.relations) == {"mentions", "topic"}

@@ -1,29 +1,57 @@
 """Methods in the evaluation harness (trainer/evaluate.py `Scorer`): MeKB-Rec and its
-w/o-PLM ablation, popularity, a target-only YoutubeDNN-style two-tower, EMCDR, CMF."""
+w/o-PLM ablation, popularity, a target-only YoutubeDNN-style two-tower, EMCDR, CMF.
+
+The functions below are the registry's factories (trainer/evaluate.py `METHODS`):
+`(MethodOptions, **search-space keywords) -> Scorer`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from trainer.evaluate import Scorer
+from trainer.evaluate import MethodOptions, Scorer
 
 
-def method_factories(
-    *, embedme: dict[str, Any] | None = None, id_dim: int = 64, id_epochs: int = 30
-) -> dict[str, Callable[[], Scorer]]:
-    """Every method by its table name; `embedme`: kwargs of EmbedMeScorer."""
-    from trainer.baselines.embedme import EmbedMeScorer
-    from trainer.baselines.mf import CMF, EMCDR
+def popularity(options: MethodOptions, **params: Any) -> Scorer:
     from trainer.baselines.popularity import Popularity
+
+    return Popularity(**params)
+
+
+def youtubednn(options: MethodOptions, **params: Any) -> Scorer:
     from trainer.baselines.youtubednn import YoutubeDNN
 
-    kw = embedme or {}
-    return {
-        "Popularity": Popularity,
-        "YoutubeDNN (target only)": lambda: YoutubeDNN(dim=id_dim, epochs=id_epochs),
-        "EMCDR": lambda: EMCDR(dim=id_dim, epochs=id_epochs),
-        "CMF": lambda: CMF(dim=id_dim, epochs=id_epochs),
-        "w/o PLM": lambda: EmbedMeScorer(pretrained=False, **kw),
-        "MeKB-Rec": lambda: EmbedMeScorer(pretrained=True, **kw),
-    }
+    return YoutubeDNN(**({"dim": options.id_dim, "epochs": options.id_epochs} | params))
+
+
+def emcdr(options: MethodOptions, **params: Any) -> Scorer:
+    from trainer.baselines.mf import EMCDR
+
+    return EMCDR(**({"dim": options.id_dim, "epochs": options.id_epochs} | params))
+
+
+def cmf(options: MethodOptions, **params: Any) -> Scorer:
+    from trainer.baselines.mf import CMF
+
+    return CMF(**({"dim": options.id_dim, "epochs": options.id_epochs} | params))
+
+
+def _embedme(options: MethodOptions, pretrained: bool, params: dict[str, Any]) -> Scorer:
+    from trainer.baselines.embedme import EmbedMeScorer
+    from trainer.model import EmbedMeConfig
+    from trainer.offline import TrainConfig
+
+    training = TrainConfig(
+        epochs=options.epochs, batch_users=options.batch_users, progress=options.progress,
+        # w/o PLM trains every layer: a random encoder has nothing worth freezing
+        freeze_layers=options.freeze_layers if pretrained else 0)
+    return EmbedMeScorer(pretrained=pretrained, model=EmbedMeConfig(max_tokens=options.max_tokens),
+                         training=training, **params)
+
+
+def noplm(options: MethodOptions, **params: Any) -> Scorer:
+    return _embedme(options, False, params)
+
+
+def mekb(options: MethodOptions, **params: Any) -> Scorer:
+    return _embedme(options, True, params)

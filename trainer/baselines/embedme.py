@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -16,6 +17,11 @@ from trainer.offline import TrainConfig, TrainResult, train
 
 
 class EmbedMeScorer:
+    # tuned on the validation split by the harness; every configuration is a full
+    # EmbedMe training, so the grid stays small
+    search_space: ClassVar[dict[str, list[Any]]] = {
+        "lr": [5e-4, 1e-3, 2e-4], "k_star": [5.0, 2.0]}
+
     def __init__(
         self,
         *,
@@ -23,10 +29,20 @@ class EmbedMeScorer:
         model: EmbedMeConfig | None = None,
         training: TrainConfig | None = None,
         save_dir: Path | None = None,
+        **params: Any,
     ) -> None:
+        """`params`: search-space names, each a field of EmbedMeConfig or TrainConfig."""
         self.name = "MeKB-Rec" if pretrained else "w/o PLM"
-        self.model_config = replace(model or EmbedMeConfig(), pretrained=pretrained)
-        self.train_config = training or TrainConfig()
+        m_fields = {f.name for f in fields(EmbedMeConfig)}
+        t_fields = {f.name for f in fields(TrainConfig)}
+        unknown = set(params) - m_fields - t_fields
+        if unknown:
+            raise TypeError(f"unknown EmbedMe parameters {sorted(unknown)}")
+        self.model_config = replace(
+            model or EmbedMeConfig(), pretrained=pretrained,
+            **{k: v for k, v in params.items() if k in m_fields})
+        self.train_config = replace(training or TrainConfig(),
+                                    **{k: v for k, v in params.items() if k in t_fields})
         self.save_dir = save_dir
         self.result: TrainResult | None = None
 

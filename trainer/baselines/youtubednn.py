@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -18,6 +19,8 @@ from trainer.data.scenario import Scenario
 
 class YoutubeDNN:
     name = "YoutubeDNN (target only)"
+    search_space: ClassVar[dict[str, list[Any]]] = {
+        "dim": [64, 32, 128], "p_cold": [0.5, 0.25, 0.75]}
 
     def __init__(self, dim: int = 64, epochs: int = 30, p_cold: float = 0.5,
                  batch: int = 128) -> None:

@@ -8,7 +8,12 @@ one domain named after the dataset).
 
 `load_ml100k()` is the MovieLens-100k shipped by PyPI `recbole`, split into the domains
 `action`/`drama` exactly as the streaming sample does (`mekb.sample`: a movie is in
-`action` when its first genre is an action-like genre).
+`action` when its first genre is an action-like genre), or with `genres=3` into
+`action`/`comedy`/`drama` (the multi-domain protocol needs three or more domains).
+
+Knowledge graph: when `DIR/NAME.kg` exists (RecBole's atomic KG, kg/recbole.py) the
+dataset carries it, items linked to entities through `DIR/NAME.link` — for ml-100k
+its Freebase graph (~91 k triples; item id -> Freebase `m.` id).
 """
 
 from __future__ import annotations
@@ -86,15 +91,31 @@ def load_atomic(
             item = items[iid] = Item(iid, domain, iid)
         interactions.append(Interaction(uid, iid, item.domain, rating, ts))
     logger.info("atomic %s: %d items, %d interactions", name, len(items), len(interactions))
-    return Dataset(name, items, interactions)
+    kg = None
+    if (directory / f"{name}.kg").is_file():
+        from kg.recbole import load_atomic_kg
+
+        kg, _report = load_atomic_kg(directory, name)
+    return Dataset(name, items, interactions, kg=kg)
 
 
-def load_ml100k(root: Path | None = None) -> Dataset:
-    """MovieLens-100k from `recbole`, domains `action`/`drama` (mekb.sample's split)."""
+# the third ml-100k genre domain of the multi-domain protocol (first genre decides)
+COMEDY_GENRES = frozenset({"Comedy", "Children's", "Animation", "Musical", "Fantasy"})
+
+
+def load_ml100k(root: Path | None = None, *, genres: int = 2) -> Dataset:
+    """MovieLens-100k from `recbole` with its knowledge graph; domains `action`/`drama`
+    (mekb.sample's split) or, `genres=3`, `action`/`comedy`/`drama` (~516/519/647
+    movies: `comedy` takes the movies `drama` had whose first genre is comedy-like)."""
     from mekb.sample import ACTION_GENRES, ml100k_dir
 
+    if genres not in (2, 3):
+        raise DatasetError(f"ml-100k genre domains: 2 or 3, not {genres}")
+
     def domain_of(row: dict[str, str]) -> str:
-        genres = row.get("class", "").split()
-        return "action" if genres and genres[0] in ACTION_GENRES else "drama"
+        first = (row.get("class", "").split() or [""])[0]
+        if first in ACTION_GENRES:
+            return "action"
+        return "comedy" if genres == 3 and first in COMEDY_GENRES else "drama"
 
     return load_atomic(root or ml100k_dir(), "ml-100k", domain_of=domain_of)

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from kg.graph import KnowledgeGraph
 from linker.base import LinkedEntity, Linker
 from linker.domain import Weights, domain_entities
 from mekb.events import ItemEvent
@@ -44,6 +45,7 @@ class Dataset:
     items: dict[str, Item]
     interactions: list[Interaction]
     entities: dict[str, list[LinkedEntity]] = field(default_factory=dict)
+    kg: KnowledgeGraph | None = None  # triples + item links (kg/), when the dataset has one
 
     def domains(self) -> list[str]:
         return sorted({i.domain for i in self.items.values()})

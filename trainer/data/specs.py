@@ -1,7 +1,10 @@
 """Dataset specs for the CLI: `--dataset NAME[:ARGS]` → a linked `Dataset`.
 
-    synthetic[:SEED]                         the synthetic world (trainer/data/synthetic.py)
-    ml100k                                   MovieLens-100k from recbole, action/drama
+    synthetic[:SEED][:kg|:kg-only]           the synthetic world (trainer/data/synthetic.py),
+                                             optionally with a knowledge graph
+    ml100k[:genres3]                         MovieLens-100k from recbole (with its Freebase
+                                             knowledge graph), action/drama or
+                                             action/comedy/drama
     atomic:DIR[:NAME]                        RecBole atomic files DIR/NAME.inter, .item
     amazon:DOMAIN=REVIEWS[,META];DOMAIN=...  Amazon 2014/2018 review + metadata files
     generic:INTERACTIONS[,ITEMS]             CSV or JSON lines
@@ -23,13 +26,20 @@ DEFAULT_SCENARIOS = {"synthetic": ("books", "movies"), "ml100k": ("drama", "acti
 def load_dataset(spec: str, *, linker: object | None = None) -> Dataset:
     kind, _, arg = spec.partition(":")
     if kind == "synthetic":
-        from trainer.data.synthetic import WorldConfig, generate_world
+        from trainer.data.synthetic import KG_MODES, WorldConfig, generate_world
 
-        return generate_world(WorldConfig(seed=int(arg or 0)))
+        seed, _, mode = arg.partition(":")
+        if not seed.isdigit() and not mode:  # synthetic:kg = seed 0 with a graph
+            seed, mode = "0", seed
+        if mode and mode not in KG_MODES:
+            raise DatasetError(f"synthetic knowledge graph {mode!r}: one of {KG_MODES}")
+        return generate_world(WorldConfig(seed=int(seed or 0), kg=mode or "none"))
     if kind == "ml100k":
         from trainer.data.atomic import load_ml100k
 
-        data = load_ml100k()
+        if arg not in ("", "genres3"):
+            raise DatasetError(f"ml100k spec {spec!r}: ml100k or ml100k:genres3")
+        data = load_ml100k(genres=3 if arg else 2)
     elif kind == "atomic":
         from trainer.data.atomic import load_atomic
 
@@ -53,8 +63,8 @@ def load_dataset(spec: str, *, linker: object | None = None) -> Dataset:
         data = load_generic(Path(inter), Path(items) if items else None)
     else:
         raise DatasetError(
-            f"unknown dataset {spec!r}: synthetic[:SEED], ml100k, atomic:DIR[:NAME], "
-            "amazon:DOMAIN=REVIEWS[,META];..., generic:INTERACTIONS[,ITEMS]"
+            f"unknown dataset {spec!r}: synthetic[:SEED][:kg], ml100k[:genres3], "
+            "atomic:DIR[:NAME], amazon:DOMAIN=REVIEWS[,META];..., generic:INTERACTIONS[,ITEMS]"
         )
     return link_items(data, linker)  # type: ignore[arg-type]
 

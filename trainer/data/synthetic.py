@@ -11,6 +11,18 @@ results table.
   noise (random item, random rating). Some users are active in one domain only.
 
 Deterministic for a seed. Entities are known, so no linker is needed.
+
+Knowledge graph (`kg`, off by default so the default world and its results stay as
+they were): every item is the entity `item:<id>` with a `mentions` edge to each of its
+entities.
+- "kg": entities as above (shared words), each with a `topic` edge to `topic:<name>`;
+- "kg-only": each domain has its own opaque entities (`kb:<domain>/<word>`, titled
+  like "b17": neither a shared entity nor a pretrained encoder relates the domains),
+  items have opaque titles, and only the graph does: every domain's entity has a
+  `same_as` edge to one shared concept, each concept a `topic` edge. Target items
+  are then related to source items through knowledge-graph relations alone — the
+  world on which a KG-enhanced model must beat its twin (the second paper's claim).
+`kg_noise`: that fraction of extra `mentions` edges to random entities.
 """
 
 from __future__ import annotations
@@ -18,8 +30,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from kg.builder import GraphBuilder
+from kg.graph import KnowledgeGraph
 from linker.base import KB, LinkedEntity
 from trainer.data.base import Dataset, Interaction, Item
+
+KG_MODES = ("none", "kg", "kg-only")
 
 TOPICS: dict[str, tuple[str, ...]] = {
     "space": ("rocket", "galaxy", "astronaut", "planet", "telescope", "orbit", "nasa", "moon"),
@@ -56,6 +72,8 @@ class WorldConfig:
     zipf: float = 0.8
     topics: int = 12
     seed: int = 0
+    kg: str = "none"  # none | kg | kg-only (module docstring)
+    kg_noise: float = 0.0
 
 
 def generate_world(config: WorldConfig | None = None) -> Dataset:
@@ -73,11 +91,18 @@ def generate_world(config: WorldConfig | None = None) -> Dataset:
             a, b = rng.sample(TOPICS[topic], 2)
             _, c = rng.choice(all_entities)
             iid = f"{domain[0]}{n}"
-            title = f"{noun} {n}: {a} and {b}"
-            items[iid] = Item(iid, domain, title, f"A {noun.lower()} about {a}, {b} and {c}.")
-            entities[iid] = [
-                LinkedEntity(f"{KB}:{w}", w, 1.0) for w in dict.fromkeys((a, b, c))
-            ]
+            if cfg.kg == "kg-only":
+                items[iid] = Item(iid, domain, f"{noun} {n}", "")
+                entities[iid] = [
+                    LinkedEntity(f"{KB}:{domain}/{w}", _opaque(domain, w, all_entities), 1.0)
+                    for w in dict.fromkeys((a, b, c))
+                ]
+            else:
+                title = f"{noun} {n}: {a} and {b}"
+                items[iid] = Item(iid, domain, title, f"A {noun.lower()} about {a}, {b} and {c}.")
+                entities[iid] = [
+                    LinkedEntity(f"{KB}:{w}", w, 1.0) for w in dict.fromkeys((a, b, c))
+                ]
             by_topic.setdefault((domain, topic), []).append(iid)
     weights = {
         key: [1.0 / (rank + 1) ** cfg.zipf for rank in range(len(ids))]
@@ -109,4 +134,46 @@ def generate_world(config: WorldConfig | None = None) -> Dataset:
                 seen.add(iid)
                 ts += 1.0
                 interactions.append(Interaction(uid, iid, domain, rating, ts))
-    return Dataset(f"synthetic-{cfg.seed}", items, interactions, entities)
+    name = f"synthetic-{cfg.seed}" + ("" if cfg.kg == "none" else f"-{cfg.kg}")
+    kg = None if cfg.kg == "none" else _graph(cfg, items, entities, all_entities)
+    return Dataset(name, items, interactions, entities, kg=kg)
+
+
+def _opaque(domain: str, word: str, all_entities: list[tuple[str, str]]) -> str:
+    """A title that says nothing: domain letter + the word's position in a shuffle of
+    the domain's own (the same word gets unrelated numbers in two domains)."""
+    order = list(range(len(all_entities)))
+    random.Random(f"opaque-{domain}").shuffle(order)
+    return f"{domain[0]}{order[[w for _, w in all_entities].index(word)]}"
+
+
+def _graph(cfg: WorldConfig, items: dict[str, Item], entities: dict[str, list[LinkedEntity]],
+           all_entities: list[tuple[str, str]]) -> KnowledgeGraph:
+    if cfg.kg not in KG_MODES:
+        raise ValueError(f"kg must be one of {KG_MODES}, not {cfg.kg!r}")
+    rng = random.Random(f"{cfg.seed}-kg")  # its own stream: the world itself is unchanged
+    topic_of = {w: t for t, w in all_entities}
+    position = {w: n for n, (_, w) in enumerate(all_entities)}
+    g = GraphBuilder(f"synthetic-{cfg.seed}-{cfg.kg}")
+    ents = sorted({e.entity_id: e.title for ents in entities.values() for e in ents}.items())
+    for entity_id, title in ents:
+        word = entity_id.split(":", 1)[1].split("/", 1)[-1]
+        topic = f"topic:{topic_of[word]}"
+        if cfg.kg == "kg-only":
+            concept = f"concept:{position[word]}"
+            g.entity(concept, f"c{position[word]}")
+            g.entity(topic, f"t{list(TOPICS).index(topic_of[word])}")
+            g.add_triple(entity_id, "same_as", concept)
+            g.add_triple(concept, "topic", topic)
+        else:
+            g.entity(topic, topic_of[word])
+            g.add_triple(entity_id, "topic", topic)
+        g.entity(entity_id, title)
+    for iid, item in items.items():
+        node = f"item:{iid}"
+        g.add_link(iid, node, item.title)
+        for e in entities[iid]:
+            g.add_triple(node, "mentions", e.entity_id)
+        if rng.random() < cfg.kg_noise:
+            g.add_triple(node, "mentions", rng.choice(ents)[0])
+    return g.finish()

@@ -8,7 +8,8 @@ Layout under the trainer's state dir:
 A checkpoint is written into `.tmp-*`, fsynced, renamed into place, and only then
 does LATEST move to it (os.replace is atomic). A crash at any point leaves LATEST
 naming a complete checkpoint. The offsets inside are the next offsets to consume,
-so a restart re-reads every example that the weights have not seen yet.
+so a restart re-reads every example that the weights have not seen yet; they hold
+for the topic whose id is recorded beside them (`topic_ids`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class TrainerState:
     step: int = 0
     examples_seen: int = 0
     offsets: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> next offset
+    # topic -> id of the topic those offsets were read from (mekb/topics.py): a topic with
+    # another id (re-created, or the embedded broker restarted) starts at offset 0 again
+    topic_ids: dict[str, str] = field(default_factory=dict)
     item_ids: list[str] = field(default_factory=list)  # row order of the item table
     item_domains: list[str] = field(default_factory=list)
     parent_version: str | None = None  # registry version the weights descend from

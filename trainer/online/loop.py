@@ -310,7 +310,8 @@ class OnlineTrainer:
                      parent=pub.get("parent"),
                      extra={"trainer": {"checkpoint": ckpt.path.name,
                                         "step": ckpt.state.step,
-                                        "examples_seen": ckpt.state.examples_seen}})
+                                        "examples_seen": ckpt.state.examples_seen},
+                            "training_topic_ids": dict(ckpt.state.topic_ids)})
         self.state.parent_version = version
         self.state.last_publish_at = mv.created_at
         self.state.extra.pop("publishing", None)
@@ -325,9 +326,14 @@ class OnlineTrainer:
 
     def _after_publish(self, mv: ModelVersion) -> None:
         self.metrics.last_publish.set(mv.created_at)
-        self.metrics.mark_item_tower(mv.created_at)
-        self.metrics.active.info({"version": mv.version, "kind": mv.kind})
-        if self.announce is not None:
+        # Not active = held by a pin (mekb/registry.py): nothing serves it, so nothing to
+        # announce; training goes on and, after `unpin`, the next candidate that passes
+        # the gate becomes active.
+        active = self.registry.active_version() == mv.version
+        if active:
+            self.metrics.mark_item_tower(mv.created_at)
+            self.metrics.active.info({"version": mv.version, "kind": mv.kind})
+        if active and self.announce is not None:
             try:
                 self.announce(mv)
             except Exception as exc:  # serving also polls ACTIVE: not fatal
@@ -336,7 +342,12 @@ class OnlineTrainer:
             self.registry.prune(self.settings.registry_keep_last)
         except Exception as exc:  # retention is best effort
             logger.warning("registry prune failed: %s", exc)
-        logger.info("published %s (%s), active", mv.version, mv.kind)
+        if active:
+            logger.info("published %s (%s), active", mv.version, mv.kind)
+        else:
+            pin = self.registry.pinned()
+            logger.info("published %s (%s), inactive: the registry is pinned to %s",
+                        mv.version, mv.kind, pin.version if pin else "another version")
 
     def _gate(self, candidate: Any, active: ModelVersion | None, kind: str) -> GateDecision:
         s = self.settings
@@ -408,7 +419,8 @@ class OnlineTrainer:
                            tower_dir=active.path, gate=gate.to_json(), metrics=metrics,
                            offsets=dict(self.offsets))
         mv = publish(self.registry, outbox, version=version, kind="items",
-                     parent=tower_version, extra={"trainer": {"refit_of": active.version}})
+                     parent=tower_version, extra={"trainer": {"refit_of": active.version},
+                                                  "training_topic_ids": dict(self.state.topic_ids)})
         self._after_publish(mv)
         self.metrics.publish_seconds.labels("items").observe(time.perf_counter() - started)
         return mv

@@ -91,13 +91,19 @@ def build_items_bundle(
 
 def publish(registry: Registry, bundle: Path, *, version: str, kind: str, parent: str | None,
             extra: dict[str, Any]) -> ModelVersion:
-    """Publish (atomic: staging + rename) and activate. Idempotent for a version id that
-    a crashed attempt already published: it is then only activated if it never was."""
+    """Publish (atomic: staging + rename) and activate, unless the registry is pinned:
+    then the version is published inactive (`held` in the history and, when the pin was
+    there before the publication, in its manifest). Idempotent for a version id that a
+    crashed attempt already published: it is then only activated (or held) if it was
+    neither before."""
     try:
         mv = registry.get(version)
     except VersionNotFound:
         mv = None
     if mv is None:
+        pin = registry.pinned()
+        if pin is not None:
+            extra = {**extra, "held": {"pinned_version": pin.version, "pin_reason": pin.reason}}
         mv = registry.publish(bundle, parent=parent, kind=kind,  # type: ignore[arg-type]
                               version=version, move=True, activate=False, extra=extra)
     else:
@@ -105,7 +111,7 @@ def publish(registry: Registry, bundle: Path, *, version: str, kind: str, parent
         shutil.rmtree(bundle, ignore_errors=True)
     history: Any = registry.history()  # (typed via Registry.list, which mypy confuses)
     if not any(e.get("version") == version for e in history):
-        registry.activate(version)
+        registry.promote(version)
     return mv
 
 

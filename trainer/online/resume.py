@@ -7,6 +7,11 @@
    version's manifest (`training_offsets`);
 3. else the pretrained encoder with an empty item table, from the consumer group's
    committed offsets, else the beginning of the topic.
+
+Offsets from 1 or 2 recorded under another id of training-examples than the topic's
+now (it was re-created, or the embedded broker restarted: mekb/topics.py) are void:
+the trainer keeps its weights and reads the new topic from its beginning
+(`rebase_offsets`, called by trainer/online/service.py).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from safetensors.torch import load_file
 
 from mekb.registry import Registry
 from mekb.settings import Settings
+from mekb.topics import rebase_needed
 from trainer.model import EmbedMe, EmbedMeConfig
 from trainer.online.checkpoint import CheckpointStore, TrainerState
 from trainer.online.publishing import load_version
@@ -61,7 +67,8 @@ def from_registry(registry: Registry) -> Start | None:
                        "lineage: starting from the pretrained encoder", active.version)
         return None
     offsets = {str(k): int(v) for k, v in (active.manifest.get("training_offsets") or {}).items()}
-    state = TrainerState(offsets=offsets, item_ids=list(model.item_ids),
+    ids = {str(k): str(v) for k, v in (active.manifest.get("training_topic_ids") or {}).items()}
+    state = TrainerState(offsets=offsets, topic_ids=ids, item_ids=list(model.item_ids),
                          item_domains=list(model.item_domains),
                          parent_version=active.version, last_publish_at=active.created_at)
     logger.info("resuming from registry version %s (%d items, offsets %s)", active.version,
@@ -93,3 +100,23 @@ def load_start(settings: Settings, store: CheckpointStore, registry: Registry,
         logger.info("model config %s kept from the %s (settings ask %s)",
                     start.model.config, start.source, config)
     return start
+
+
+def rebase_offsets(state: TrainerState, offsets: dict[str, int], topic: str,
+                   current_id: str | None) -> bool:
+    """Drop the offsets of `topic` in `offsets` (the trainer's live ones) when they were
+    read from another topic than the one with `current_id`; record `current_id` in
+    `state` (saved with the next checkpoint, together with the offsets). Returns
+    whether they were dropped."""
+    recorded = state.topic_ids.get(topic)
+    void = rebase_needed(recorded, current_id)
+    if void:
+        mine = {k: v for k, v in offsets.items() if k.rsplit(":", 1)[0] == topic}
+        for key in mine:
+            del offsets[key]
+        logger.warning("%s is a new topic (id %s, was %s): offsets %s dropped, reading it "
+                       "from the beginning with the weights kept", topic, current_id,
+                       recorded, mine)
+    if current_id is not None:
+        state.topic_ids[topic] = current_id
+    return void

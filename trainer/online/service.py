@@ -4,7 +4,8 @@ The trainer assigns itself every partition of training-examples (one trainer per
 registry: it is the registry's only writer) and uses its consumer group only to
 commit offsets (lag, and a resume point when its checkpoints are gone). It seeks
 each partition to the checkpoint's offset, else the group's committed one, else
-the beginning. CPU-heavy work runs in a worker thread so fetches and the HTTP
+the beginning (offsets of another incarnation of the topic are void: see
+trainer/online/resume.py). CPU-heavy work runs in a worker thread so fetches and the HTTP
 endpoints stay responsive; offsets are committed only with what `OnlineTrainer`
 returns, i.e. after checkpoint (and publication) completed (trainer/online/loop.py).
 """
@@ -22,7 +23,9 @@ from typing import IO, Any
 
 from mekb.kafka_config import aiokafka_config
 from mekb.settings import Settings
+from mekb.topics import topic_ids
 from trainer.online.loop import OnlineTrainer, Record
+from trainer.online.resume import rebase_offsets
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ class Health:
     step: int = 0
     examples_seen: int = 0
     active_version: str | None = None
+    pinned_version: str | None = None  # while set, new versions are published inactive
     last_error: str | None = None
 
     def response(self) -> tuple[int, bytes]:
@@ -117,9 +121,11 @@ async def run(settings: Settings, trainer: OnlineTrainer, health: Health,
         parts = await _partitions(consumer, topic)
         tps = [TopicPartition(topic, p) for p in parts]
         consumer.assign(tps)
+        current = (await asyncio.to_thread(topic_ids, settings, [topic])).get(topic)
+        rebased = rebase_offsets(trainer.state, trainer.offsets, topic, current)
         for tp in tps:
             known = trainer.offsets.get(_key(topic, tp.partition))
-            if known is None:
+            if known is None and not rebased:  # (a committed offset of the old topic: no)
                 known = await consumer.committed(tp)
             if known is not None:
                 consumer.seek(tp, known)
@@ -186,3 +192,5 @@ def _sync(health: Health, trainer: OnlineTrainer) -> None:
     health.step = trainer.state.step
     health.examples_seen = trainer.state.examples_seen
     health.active_version = trainer.registry.active_version()
+    pin = trainer.registry.pinned()
+    health.pinned_version = pin.version if pin else None

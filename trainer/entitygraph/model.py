@@ -1,0 +1,240 @@
+"""EntityGraph: the user is attention over the entities of their MeKB.
+
+- Entity vectors `entity_table [n_entities, H]` live in the pretrained encoder's space:
+  initialised from the cached title embeddings (trainer/entitygraph/vectors.py), then
+  optionally fine-tuned. An entity never seen in training keeps its raw title vector,
+  which is in the same space — so a serving replica can embed a MeKB with new entities
+  without a new model.
+- User tower (no transformer): additive attention over the MeKB's entity vectors,
+  logit_j = qᵀ tanh(W v_j + b) + β·log MeKBScore_j (β ≥ 0, learnt: the MeKB score is
+  the attention prior), padding masked; pooled = Σ_j a_j v_j; an MLP maps it to K.
+  Cost per user is linear in the MeKB size.
+- Item tower as EmbedMe: an ID table [n_items, K] (grows, rows keep their index),
+  dot-product score, full softmax over one domain's items.
+
+The ONNX user tower (trainer/entitygraph/export.py) takes the gathered vectors, the
+scores and the mask, so serving gathers vectors from the bundle's entity table (and
+title vectors for new entities) — `encode` below is exactly that graph.
+Persistence: safetensors + JSON only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from trainer.model import ITEM_INIT_STD, ModelError
+
+KIND = "entitygraph"
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+ITEMS = "items.json"
+ENTITIES = "entities.json"
+# log of a zero score (padding, or an entity with idf 0) is clamped here, not -inf:
+# the mask does the masking, the prior only ranks real entities.
+MIN_SCORE = 1e-6
+NEG = -1e9
+
+
+@dataclass(frozen=True)
+class EntityGraphConfig:
+    dim: int = 64  # K (user and item vectors)
+    hidden: int = 256  # MLP hidden width
+    attn_dim: int = 64  # additive attention width
+    prior: float = 1.0  # initial β (weight of log MeKBScore); 0 with learn_prior=False: none
+    learn_prior: bool = True
+    dropout: float = 0.1  # training: each MeKB entity dropped with this probability
+    finetune_entities: bool = True  # False: entity vectors stay the encoder's
+    pretrained: bool = True  # False: random entity vectors (the w/o-PLM ablation)
+    encoder: str | None = None  # HF directory of the title encoder; None = MiniLM
+    k_star: float = 5.0  # s(k) threshold of the MeKB score (mekb.scoring)
+    # sha256 of the title encoder whose vectors initialised the table (vectors.py): a
+    # new entity's title vector is only comparable when computed by the same encoder
+    encoder_fingerprint: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": KIND, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EntityGraphConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class EntityGraph(nn.Module):
+    def __init__(self, config: EntityGraphConfig, vector_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        self.vector_dim = vector_dim
+        self.attn = nn.Linear(vector_dim, config.attn_dim)
+        self.query = nn.Parameter(torch.randn(config.attn_dim) / config.attn_dim ** 0.5)
+        # β = softplus(raw) ≥ 0 so a larger prior can only move weight toward an entity
+        raw = _inv_softplus(config.prior) if config.prior > 0 else -30.0
+        self.prior_raw = nn.Parameter(torch.tensor(float(raw)),
+                                      requires_grad=config.learn_prior)
+        self.mlp = nn.Sequential(nn.Linear(vector_dim, config.hidden), nn.GELU(),
+                                 nn.Linear(config.hidden, config.dim))
+        self.entity_table = nn.Parameter(torch.empty(0, vector_dim),
+                                         requires_grad=config.finetune_entities)
+        self.item_table = nn.Parameter(torch.empty(0, config.dim))
+        self.entity_ids: list[str] = []
+        self._erow: dict[str, int] = {}
+        self.item_ids: list[str] = []
+        self.item_domains: list[str] = []
+        self._row: dict[str, int] = {}
+
+    # ---- user tower -------------------------------------------------------------------
+
+    @property
+    def prior_weight(self) -> Tensor:
+        return nn.functional.softplus(self.prior_raw)
+
+    def attention(self, vectors: Tensor, scores: Tensor, mask: Tensor) -> Tensor:
+        """[B, L] weights: softmax over the unmasked entities (rows sum to 1; an empty
+        MeKB gets all zeros)."""
+        keep = mask.to(vectors.dtype)
+        logit = torch.tanh(self.attn(vectors)) @ self.query
+        logit = logit + self.prior_weight * torch.log(scores.clamp(min=MIN_SCORE))
+        logit = logit * keep + NEG * (1.0 - keep)
+        return torch.softmax(logit, dim=-1) * keep
+
+    def encode(self, vectors: Tensor, scores: Tensor, mask: Tensor) -> Tensor:
+        """vectors [B, L, H], scores [B, L] (MeKBScore), mask [B, L] (1 = entity) → [B, K]."""
+        weights = self.attention(vectors, scores, mask)
+        pooled = (weights.unsqueeze(-1) * vectors).sum(1)
+        return self.mlp(pooled)
+
+    def encode_rows(self, rows: Tensor, scores: Tensor, mask: Tensor) -> Tensor:
+        """`encode` with entity-table rows [B, L] (training: the table gets gradients)."""
+        return self.encode(self.entity_table[rows], scores, mask)
+
+    # ---- entities ---------------------------------------------------------------------
+
+    @property
+    def n_entities(self) -> int:
+        return len(self.entity_ids)
+
+    def add_entities(self, entity_ids: Sequence[str], vectors: np.ndarray | Tensor) -> None:
+        """Append unseen entities with their initial vectors; known ones keep theirs."""
+        vecs = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
+        if vecs.shape != (len(entity_ids), self.vector_dim):
+            raise ValueError(f"vectors {tuple(vecs.shape)} for {len(entity_ids)} entities "
+                             f"of dim {self.vector_dim}")
+        new = [i for i, e in enumerate(entity_ids) if e not in self._erow]
+        if not new:
+            return
+        seen: set[str] = set()
+        new = [i for i in new if not (entity_ids[i] in seen or seen.add(entity_ids[i]))]
+        old = self.entity_table.data
+        self.entity_table = nn.Parameter(
+            torch.cat([old, vecs[new].to(old.device, old.dtype)]),
+            requires_grad=self.config.finetune_entities)
+        for i in new:
+            self._erow[entity_ids[i]] = len(self.entity_ids)
+            self.entity_ids.append(str(entity_ids[i]))
+
+    def entity_row(self, entity_id: str) -> int | None:
+        return self._erow.get(entity_id)
+
+    # ---- item tower (as EmbedMe) ------------------------------------------------------
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def add_items(self, item_ids: Sequence[str], domains: Sequence[str]) -> list[int]:
+        if len(item_ids) != len(domains):
+            raise ValueError("item_ids and domains must have the same length")
+        rows, new_ids, new_domains = [], [], []
+        pending: dict[str, int] = {}
+        for item, domain in zip(item_ids, domains, strict=True):
+            item = str(item)
+            row = self._row.get(item, pending.get(item))
+            if row is None:
+                row = pending[item] = self.n_items + len(new_ids)
+                new_ids.append(item)
+                new_domains.append(str(domain))
+            rows.append(row)
+        if new_ids:
+            old = self.item_table.data
+            fresh = torch.randn(len(new_ids), self.config.dim, dtype=old.dtype,
+                                device=old.device) * ITEM_INIT_STD
+            self.item_table = nn.Parameter(torch.cat([old, fresh]))
+            for item, domain in zip(new_ids, new_domains, strict=True):
+                self._row[item] = len(self.item_ids)
+                self.item_ids.append(item)
+                self.item_domains.append(domain)
+        return rows
+
+    def item_rows(self, item_ids: Sequence[str]) -> Tensor:
+        return torch.tensor([self._row[str(i)] for i in item_ids], dtype=torch.long)
+
+    def has_item(self, item_id: str) -> bool:
+        return str(item_id) in self._row
+
+    def item_embeddings(self) -> Tensor:
+        return self.item_table
+
+    def domain_rows(self, domain: str) -> Tensor:
+        return torch.tensor([i for i, d in enumerate(self.item_domains) if d == domain],
+                            dtype=torch.long)
+
+    # ---- persistence ------------------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
+        tmp = directory / f".{WEIGHTS}.tmp-{os.getpid()}"
+        save_file(state, str(tmp), metadata={"format": "pt", "kind": KIND})
+        os.replace(tmp, directory / WEIGHTS)
+        (directory / CONFIG).write_text(json.dumps(
+            {**self.config.to_json(), "vector_dim": self.vector_dim}, indent=2,
+            sort_keys=True) + "\n", encoding="utf-8")
+        (directory / ITEMS).write_text(json.dumps(
+            {"item_ids": self.item_ids, "domains": self.item_domains}) + "\n", encoding="utf-8")
+        (directory / ENTITIES).write_text(json.dumps(
+            {"entity_ids": self.entity_ids}) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: Path, map_location: str | torch.device = "cpu") -> EntityGraph:
+        directory = Path(directory)
+        for name in (WEIGHTS, CONFIG, ITEMS, ENTITIES):
+            if not (directory / name).is_file():
+                raise ModelError(f"{directory} is not an EntityGraph directory (missing {name})")
+        raw = json.loads((directory / CONFIG).read_text("utf-8"))
+        if raw.get("kind") != KIND:
+            raise ModelError(f"{directory}: model kind {raw.get('kind')!r}, not {KIND!r}")
+        model = cls(EntityGraphConfig.from_json(raw), int(raw["vector_dim"]))
+        items = json.loads((directory / ITEMS).read_text("utf-8"))
+        ents = json.loads((directory / ENTITIES).read_text("utf-8"))
+        state = load_file(str(directory / WEIGHTS), device=str(map_location))
+        if state["item_table"].shape[0] != len(items["item_ids"]) or \
+                state["entity_table"].shape[0] != len(ents["entity_ids"]):
+            raise ModelError(f"{directory}: table rows do not match the item/entity ids")
+        model.item_ids = [str(i) for i in items["item_ids"]]
+        model.item_domains = [str(d) for d in items["domains"]]
+        model._row = {item: i for i, item in enumerate(model.item_ids)}
+        model.entity_ids = [str(e) for e in ents["entity_ids"]]
+        model._erow = {e: i for i, e in enumerate(model.entity_ids)}
+        model.item_table = nn.Parameter(torch.empty_like(state["item_table"]))
+        model.entity_table = nn.Parameter(torch.empty_like(state["entity_table"]),
+                                          requires_grad=model.config.finetune_entities)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ModelError(f"{directory}: weights do not match the architecture "
+                             f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        return model.to(map_location)
+
+
+def _inv_softplus(y: float) -> float:
+    return float(y + np.log(-np.expm1(-y)))
