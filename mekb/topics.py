@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from mekb.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -106,3 +109,33 @@ def rebase_needed(stored: str | None, current: str | None) -> bool:
     ids) keeps the offsets: that was the behaviour before, and callers add a cheaper check
     where they have one (an offset beyond the partition's end)."""
     return stored is not None and current is not None and stored != current
+
+
+ID_CHECK_S = 5.0  # how often running components look for re-created topics
+
+
+async def new_topic_ids(settings: Settings, known: dict[str, str], stop: Any,
+                        interval_s: float = ID_CHECK_S) -> dict[str, str]:
+    """Wait until a topic of `known` (name -> id) has another id: the broker restarted (the
+    embedded one starts empty) or the topic was re-created while the caller runs. Returns
+    the ids now, or {} once `stop` (an asyncio.Event) is set. A broker that does not
+    answer is not a change: the caller's own clients report it."""
+    import asyncio
+    import contextlib
+
+    names = sorted(known)
+    if not names:  # nothing to compare with (a broker without topic ids)
+        await stop.wait()
+    while not stop.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        if stop.is_set():
+            break
+        try:
+            now = await asyncio.to_thread(topic_ids, settings, names)
+        except Exception as exc:  # noqa: BLE001 - unreachable broker, timeouts: look again
+            logger.debug("topic ids not read (%s)", exc)
+            continue
+        if any(rebase_needed(known[name], now.get(name)) for name in names):
+            return now
+    return {}

@@ -30,14 +30,14 @@ from serving.metrics import ServingMetrics
 logger = logging.getLogger(__name__)
 
 Priority = Literal["request", "refresh"]
-# model -> (texts -> (embeddings, session.run seconds))
-EncodeFn = Callable[[Any, list[str]], tuple[np.ndarray, float]]
+# model -> (per-user inputs of its kind -> (embeddings, session.run seconds))
+EncodeFn = Callable[[Any, list[Any]], tuple[np.ndarray, float]]
 
 
 @dataclass
 class _Item:
     model: Any
-    text: str
+    text: Any  # the model kind's per-user input (EmbedMe: the text)
     future: asyncio.Future[np.ndarray]
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -80,7 +80,7 @@ class DynamicBatcher:
     def pending(self, priority: Priority) -> int:
         return len(self._queues[priority])
 
-    async def submit(self, model: Any, texts: list[str], priority: Priority) -> np.ndarray:
+    async def submit(self, model: Any, texts: list[Any], priority: Priority) -> np.ndarray:
         """Embeddings [len(texts), dim] computed by `model`."""
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
@@ -106,6 +106,8 @@ class DynamicBatcher:
             if not queue:
                 continue
             head = queue[0].model
+            # a model may want larger runs than the defaults (LoadedModel.batch_max)
+            limit = max(limit, getattr(head, "batch_max", 0))
             batch: list[_Item] = []
             while queue and len(batch) < limit and queue[0].model is head:
                 item = queue.popleft()

@@ -1,4 +1,12 @@
-"""The ONNX Runtime user tower: provider choice, tuned session, tokenizer.
+"""The ONNX Runtime user towers, one per model kind: provider choice, tuned session.
+
+Every kind's encoder has one interface (`UserEncoder`): `input_of(record)` turns a
+replica record into that kind's per-user input on the event loop (cheap),
+`encode(inputs)` runs one batch on the batcher's thread. `open_encoder` picks the
+class registered for the manifest's `model_kind` (mekb/registry.py MODEL_KINDS):
+  embedme      OnnxEncoder: titles -> `[SEP]` text -> tokenizer -> transformer tower
+  entitygraph  EntityGraphEncoder: entity ids -> rows of the bundle's entities.npy ->
+               attention tower (no tokenizer, no transformer: ~µs per user)
 
 Provider choice is quiet on purpose: `onnxruntime-gpu` on a machine without a
 usable GPU (or without the CUDA/cuDNN libraries) logs a loud library error when
@@ -13,10 +21,13 @@ import ctypes
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
+
+from mekb.scoring import sequence_text
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +94,47 @@ def session_options(intra_op_threads: int) -> Any:
     return opts
 
 
+class UserEncoder(Protocol):
+    provider: str
+    dim: int  # 0: symbolic in the graph
+    batch_max: int  # the largest batch this kind wants per run (0: the service's)
+
+    def input_of(self, record: Any) -> Any:
+        """The per-user input of a serving.replica.UserRecord (None: the empty MeKB)."""
+        ...
+
+    def encode(self, inputs: list[Any]) -> tuple[np.ndarray, float]:
+        """Embeddings [len(inputs), dim] and the session.run seconds."""
+        ...
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 4)) -> float: ...
+
+
+def _session(path: Path, device: Device, intra_op_threads: int) -> tuple[Any, list[str]]:
+    """An InferenceSession on the best available provider, and the providers it got."""
+    import onnxruntime as ort
+
+    requested = select_providers(device)
+    # Quiet while creating: a CUDA provider that cannot start logs errors, then we
+    # report the outcome once ourselves. (onnxruntime has a setter but no getter for
+    # the default logger: afterwards it is left at "error", which drops only the
+    # graph-optimiser warnings that are noise in a server log.)
+    ort.set_default_logger_severity(4 if CUDA in requested else 3)
+    try:
+        session = ort.InferenceSession(str(path), sess_options=session_options(
+            intra_op_threads), providers=requested)
+    finally:
+        ort.set_default_logger_severity(3)
+    providers = list(session.get_providers())
+    if CUDA in requested and CUDA not in providers:
+        logger.warning("CUDA provider could not start (libraries missing?); using CPU")
+    return session, providers
+
+
 class OnnxEncoder:
     """Text -> user embedding with one InferenceSession and the bundle's tokenizer."""
+
+    batch_max = 0
 
     def __init__(
         self,
@@ -94,32 +144,19 @@ class OnnxEncoder:
         device: Device = "auto",
         intra_op_threads: int = 0,
     ) -> None:
-        import onnxruntime as ort
         from transformers import AutoTokenizer
 
         self.max_tokens = max_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir / "tokenizer"))
-        requested = select_providers(device)
-        # Quiet while creating: a CUDA provider that cannot start logs errors, then we
-        # report the outcome once ourselves. (onnxruntime has a setter but no getter for
-        # the default logger: afterwards it is left at "error", which drops only the
-        # graph-optimiser warnings that are noise in a server log.)
-        ort.set_default_logger_severity(4 if CUDA in requested else 3)
-        try:
-            self.session = ort.InferenceSession(
-                str(model_dir / "user_tower.onnx"),
-                sess_options=session_options(intra_op_threads),
-                providers=requested,
-            )
-        finally:
-            ort.set_default_logger_severity(3)
-        self.providers = list(self.session.get_providers())
-        if CUDA in requested and CUDA not in self.providers:
-            logger.warning("CUDA provider could not start (libraries missing?); using CPU")
+        self.session, self.providers = _session(model_dir / "user_tower.onnx", device,
+                                                intra_op_threads)
         self.provider = self.providers[0]
         self.output_name = self.session.get_outputs()[0].name
         last = self.session.get_outputs()[0].shape[-1]
         self.dim = int(last) if isinstance(last, int) else 0  # 0: symbolic in the graph
+
+    def input_of(self, record: Any) -> str:
+        return sequence_text(record.titles() if record is not None else [], self.max_tokens)
 
     def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         enc = self.tokenizer(
@@ -153,6 +190,105 @@ class OnnxEncoder:
             self.encode([long_text] * n)
             self.encode(["warm"] * n)
         return time.perf_counter() - start
+
+
+class EntityGraphEncoder:
+    """MeKB entities -> user embedding: the bundle's entity vectors (entities.npy, last
+    row = zeros for padding) gathered on the host, the attention tower in ONNX Runtime.
+
+    An entity the version's table has no row for (it appeared after the version was
+    exported) is SKIPPED: it cannot be embedded without the title encoder, which serving
+    does not run. The trainer's entity-vector cache gives it a row in the next version
+    (trainer/online/kinds.py); `unknown_entities` counts what was skipped."""
+
+    batch_max = 512  # ~10 ms per run on 2 cores: a request miss waits behind one at most
+
+    def __init__(self, model_dir: Path, *, device: Device = "auto",
+                 intra_op_threads: int = 0) -> None:
+        import json
+
+        self.session, self.providers = _session(model_dir / "user_tower.onnx", device,
+                                                intra_op_threads)
+        self.provider = self.providers[0]
+        self.table = np.ascontiguousarray(
+            np.load(model_dir / "entities.npy", allow_pickle=False), dtype=np.float32)
+        ids = json.loads((model_dir / "entities.json").read_text(encoding="utf-8"))["entity_ids"]
+        if self.table.ndim != 2 or self.table.shape[0] != len(ids) + 1:
+            raise ValueError(f"entities.npy {self.table.shape} does not hold "
+                             f"{len(ids)} entities + the padding row")
+        self.row = {str(e): i for i, e in enumerate(ids)}
+        self.pad = len(ids)
+        self.output_name = self.session.get_outputs()[0].name
+        last = self.session.get_outputs()[0].shape[-1]
+        self.dim = int(last) if isinstance(last, int) else 0
+        self.unknown_entities = 0
+
+    def input_of(self, record: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(rows int64, MeKBScores float32) of the record's entities the table knows."""
+        row = self.row
+        rows, scores = [], []
+        for ent in record.entities if record is not None else ():
+            r = row.get(ent.get("id"))
+            if r is None:
+                self.unknown_entities += 1
+                continue
+            rows.append(r)
+            scores.append(float(ent.get("score") or 0.0))
+        return np.asarray(rows, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+
+    def run(self, rows: np.ndarray, scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        out = self.session.run([self.output_name], {
+            "entity_vectors": self.table[rows], "entity_scores": scores, "entity_mask": mask})[0]
+        return np.asarray(out, dtype=np.float32)
+
+    def encode(self, inputs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, float]:
+        width = max(1, max((len(r) for r, _ in inputs), default=1))
+        rows = np.full((len(inputs), width), self.pad, dtype=np.int64)
+        scores = np.zeros((len(inputs), width), dtype=np.float32)
+        mask = np.zeros((len(inputs), width), dtype=np.float32)
+        for i, (r, s) in enumerate(inputs):
+            rows[i, : len(r)] = r
+            scores[i, : len(r)] = s
+            mask[i, : len(r)] = 1.0
+        start = time.perf_counter()
+        out = self.run(rows, scores, mask)
+        return out, time.perf_counter() - start
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 4)) -> float:
+        start = time.perf_counter()
+        some = np.arange(min(self.pad, 64), dtype=np.int64)
+        full = (some, np.full(len(some), 1.0 / max(1, len(some)), dtype=np.float32))
+        for n in (*batch_sizes, self.batch_max):
+            self.encode([full] * n)
+        return time.perf_counter() - start
+
+
+EncoderFactory = Callable[[Path, dict[str, Any], Device, int], UserEncoder]
+
+_ENCODERS: dict[str, EncoderFactory] = {
+    "embedme": lambda path, manifest, device, threads: OnnxEncoder(
+        path, int(manifest["max_tokens"]), device=device, intra_op_threads=threads),
+    "entitygraph": lambda path, manifest, device, threads: EntityGraphEncoder(
+        path, device=device, intra_op_threads=threads),
+}
+
+
+def register_encoder(model_kind: str, factory: EncoderFactory) -> None:
+    _ENCODERS[model_kind] = factory
+
+
+def encoder_kinds() -> list[str]:
+    return sorted(_ENCODERS)
+
+
+def open_encoder(model_kind: str, model_dir: Path, manifest: dict[str, Any], *,
+                 device: Device = "auto", intra_op_threads: int = 0) -> UserEncoder:
+    """The user encoder of a bundle, by its manifest's model kind."""
+    factory = _ENCODERS.get(model_kind)
+    if factory is None:
+        raise ValueError(f"no serving encoder for model kind {model_kind!r} "
+                         f"(known: {', '.join(encoder_kinds())})")
+    return factory(Path(model_dir), manifest, device, intra_op_threads)
 
 
 def default_threads() -> int:

@@ -1,13 +1,14 @@
 """One loaded model version: the ONE object a request pins for its whole life.
 
-`LoadedModel` holds the ONNX session + tokenizer (via OnnxEncoder), the item matrix,
-item ids/domains and the cold-start embedding of a single registry version. The
+`LoadedModel` holds the user encoder of the version's model kind (serving/encoder.py:
+`open_encoder` by the manifest's `model_kind`), the item matrix, item ids/domains and
+the cold-start embedding of a single registry version. The
 server swaps a single reference to it, so a request that read the reference once
 computes its user embedding and scores its items with the same version, and an
 in-flight request keeps the old object alive until it finishes.
 
-Loading order (`load_model`): verify every sha256 against the manifest → load the
-session and tokenizer → load items → warm up → compute the cold-start embedding.
+Loading order (`load_model`): verify every sha256 against the manifest → open the
+kind's encoder (session + tokenizer or entity table) → load items → warm up → compute the cold-start embedding.
 Only a fully loaded and warmed model is ever handed to the swap.
 """
 
@@ -24,8 +25,7 @@ from typing import Any
 import numpy as np
 
 from mekb.registry import ModelVersion, Registry, RegistryError, sha256_file
-from mekb.scoring import sequence_text
-from serving.encoder import Device, OnnxEncoder
+from serving.encoder import Device, UserEncoder, open_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +35,17 @@ class ModelLoadError(Exception):
 
 
 def tower_key(manifest: dict[str, Any]) -> str:
-    """Identity of the user tower: the same ONNX graph + tokenizer + max_tokens give the
-    same user embeddings, so an `items` refit keeps the cached user embeddings valid."""
+    """Identity of the user tower: the same kind + ONNX graph + tokenizer (EmbedMe) or
+    entity table (EntityGraph) + max_tokens give the same user embeddings, so an `items`
+    refit keeps the cached user embeddings valid."""
     files = manifest.get("files") or {}
     parts = [f"max_tokens={manifest.get('max_tokens')}"]
+    kind = manifest.get("model_kind")
+    if kind is not None:  # absent = EmbedMe: keys of pre-kind bundles stay as they were
+        parts.append(f"model_kind={kind}")
     parts += [f"{n}={d}" for n, d in sorted(files.items())
-              if n == "user_tower.onnx" or n.startswith("tokenizer/")]
+              if n in ("user_tower.onnx", "entities.npy", "entities.json")
+              or n.startswith("tokenizer/")]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -91,9 +96,9 @@ def load_items(path: Path, files: dict[str, str] | None = None) -> ItemSet:
 @dataclass(eq=False)
 class LoadedModel:
     version: str
-    kind: str
+    kind: str  # publication kind: full | items
     manifest: dict[str, Any]
-    encoder: OnnxEncoder
+    encoder: UserEncoder
     items: ItemSet
     tower: str
     max_tokens: int
@@ -101,16 +106,22 @@ class LoadedModel:
     cold_embedding: np.ndarray
     loaded_at: float
     load_seconds: float
+    model_kind: str = "embedme"
 
     @property
     def provider(self) -> str:
         return self.encoder.provider
 
-    def text_of(self, titles: list[str]) -> str:
-        return sequence_text(titles, self.max_tokens)
+    @property
+    def batch_max(self) -> int:
+        return self.encoder.batch_max
 
-    def encode(self, texts: list[str]) -> tuple[np.ndarray, float]:
-        return self.encoder.encode(texts)
+    def input_of(self, record: Any) -> Any:
+        """The user-tower input of a replica record (UserRecord), as this kind needs it."""
+        return self.encoder.input_of(record)
+
+    def encode(self, inputs: list[Any]) -> tuple[np.ndarray, float]:
+        return self.encoder.encode(inputs)
 
 
 def load_model(
@@ -128,19 +139,20 @@ def load_model(
     except RegistryError as exc:
         raise ModelLoadError(str(exc)) from None
     manifest = mv.manifest
+    model_kind = mv.model_kind
     try:
-        max_tokens = int(manifest["max_tokens"])
+        max_tokens = int(manifest.get("max_tokens") or 0)
         dim = int(manifest["dim"])
     except (KeyError, TypeError, ValueError):
         raise ModelLoadError(f"version {version}: manifest lacks max_tokens/dim") from None
     try:
-        encoder = OnnxEncoder(mv.path, max_tokens, device=device,
-                              intra_op_threads=intra_op_threads)
+        encoder = open_encoder(model_kind, mv.path, manifest, device=device,
+                               intra_op_threads=intra_op_threads)
         items = load_items(mv.path)
         if items.matrix.shape[1] != dim:
             raise ModelLoadError(f"version {version}: items dim {items.matrix.shape[1]} != {dim}")
         encoder.warm_up(warm_batches)
-        cold, _ = encoder.encode([sequence_text([], max_tokens)])
+        cold, _ = encoder.encode([encoder.input_of(None)])
     except ModelLoadError:
         raise
     except Exception as exc:  # onnxruntime/transformers raise many types on a bad bundle
@@ -149,10 +161,11 @@ def load_model(
         raise ModelLoadError(
             f"version {version}: user tower output {cold.shape}, manifest dim {dim}")
     elapsed = time.perf_counter() - start
-    logger.info("loaded model %s (%s, provider %s) in %.2fs", version, mv.kind,
-                encoder.provider, elapsed)
+    logger.info("loaded model %s (%s %s, provider %s) in %.2fs", version, model_kind,
+                mv.kind, encoder.provider, elapsed)
     return LoadedModel(
         version=version, kind=mv.kind, manifest=manifest, encoder=encoder, items=items,
         tower=tower_key(manifest), max_tokens=max_tokens, dim=dim,
         cold_embedding=cold[0], loaded_at=time.time(), load_seconds=elapsed,
+        model_kind=model_kind,
     )

@@ -55,8 +55,8 @@ class UserEmbedding:
     cached: bool
 
 
-def _encode(model: Any, texts: list[str]) -> tuple[np.ndarray, float]:
-    out: tuple[np.ndarray, float] = model.encode(texts)
+def _encode(model: Any, inputs: list[Any]) -> tuple[np.ndarray, float]:
+    out: tuple[np.ndarray, float] = model.encode(inputs)
     return out
 
 
@@ -155,11 +155,12 @@ class EmbeddingService:
         deadline = time.monotonic() + budget_s
         users = self.cache.recent_users(max_users)
         done = 0
-        for start in range(0, len(users), self.refresh_batch):
+        step = max(self.refresh_batch, model.batch_max)
+        for start in range(0, len(users), step):
             if time.monotonic() >= deadline:
                 break
             batch: dict[Key, tuple[UserRecord, list[int]]] = {}
-            for user_id in users[start:start + self.refresh_batch]:
+            for user_id in users[start:start + step]:
                 rec = self.replica.get(user_id)
                 if rec is not None and self.cache.get(user_id, rec.version, model.tower) is None:
                     batch[(user_id, rec.version, model.tower)] = (rec, [])
@@ -270,8 +271,8 @@ class EmbeddingService:
         self, model: LoadedModel, keyed: list[tuple[Key, UserRecord]], priority: Priority
     ) -> np.ndarray:
         try:
-            texts = [model.text_of(rec.titles()) for _, rec in keyed]
-            embs = await self.batcher.submit(model, texts, priority)
+            inputs = [model.input_of(rec) for _, rec in keyed]
+            embs = await self.batcher.submit(model, inputs, priority)
             now = time.time()
             for n, ((user_id, version, tower), _) in enumerate(keyed):
                 self.cache.put(user_id, CachedEmbedding(version, tower, embs[n], now))
@@ -303,7 +304,10 @@ class EmbeddingService:
         m = self.metrics
         now = time.monotonic()
         batch: dict[Key, tuple[UserRecord, list[int]]] = {}
-        while self._pending and len(batch) < self.refresh_batch:
+        # a kind whose tower costs microseconds per user (EntityGraph) refreshes in
+        # larger micro-batches: its capacity then stays far above the update rate
+        limit = max(self.refresh_batch, model.batch_max)
+        while self._pending and len(batch) < limit:
             user_id, enqueued = self._pending.popitem(last=False)
             if now - enqueued > self.refresh_max_lag_s:
                 m.refresh.labels("deferred").inc()  # on-demand keeps it fresh instead

@@ -24,7 +24,7 @@ from typing import Any
 
 from mekb.kafka_config import aiokafka_config
 from mekb.settings import Settings
-from mekb.topics import rebase_needed, topic_ids
+from mekb.topics import new_topic_ids, rebase_needed, topic_ids
 from serving.replica import Incoming, Replica
 from serving.service import EmbeddingService
 
@@ -63,13 +63,14 @@ async def follow_mekb_updates(
         max_partition_fetch_bytes=4 << 20,
     )
     await consumer.start()
+    recreated: asyncio.Task[dict[str, str]] | None = None
     try:
         parts = await _partitions(consumer, topic, stop)
         if parts is None:
             return
         tps = [TopicPartition(topic, p) for p in parts]
         consumer.assign(tps)
-        stored = await _stored_offsets(settings, replica, consumer, topic, tps)
+        stored, topic_id = await _stored_offsets(settings, replica, consumer, topic, tps)
         for tp in tps:
             if tp.partition in stored:
                 consumer.seek(tp, stored[tp.partition])
@@ -81,7 +82,13 @@ async def follow_mekb_updates(
                     {tp.partition: off for tp, off in target.items()})
         caught: set[int] = set()
         metrics = service.metrics
+        # The topic re-created under us (the embedded broker restarted): start over, the
+        # start above rebases the offsets.
+        recreated = asyncio.create_task(
+            new_topic_ids(settings, {topic: topic_id} if topic_id else {}, stop))
         while not stop.is_set():
+            if recreated.done() and recreated.result():
+                raise TopicRecreated(f"{topic} is a new topic (id {recreated.result()})")
             batches = await consumer.getmany(timeout_ms=200, max_records=FETCH_MAX_RECORDS)
             records = [
                 Incoming(tp.partition, msg.offset, msg.key, msg.value)
@@ -106,12 +113,15 @@ async def follow_mekb_updates(
                 service.replica_caught_up = True
                 logger.info("replica caught up with %s", topic)
     finally:
+        if recreated is not None:
+            recreated.cancel()
         await consumer.stop()
 
 
 async def _stored_offsets(settings: Settings, replica: Replica, consumer: Any, topic: str,
-                          tps: list[Any]) -> dict[int, int]:
-    """The replica's offsets if they belong to `topic` as it is now, else none (rebased)."""
+                          tps: list[Any]) -> tuple[dict[int, int], str | None]:
+    """The replica's offsets if they belong to `topic` as it is now, else none (rebased);
+    and the topic's id."""
     current = (await asyncio.to_thread(topic_ids, settings, [topic])).get(topic)
     recorded = replica.topic_id()
     stored = replica.offsets()
@@ -125,10 +135,14 @@ async def _stored_offsets(settings: Settings, replica: Replica, consumer: Any, t
                        "reading it from the beginning; %d users kept", topic, current,
                        recorded, stored, replica.count_users())
         replica.set_topic_id(current, rebase=True)
-        return {}
+        return {}, current
     if current is not None and recorded is None:  # offsets from before ids were recorded
         replica.set_topic_id(current, rebase=False)
-    return stored
+    return stored, current
+
+
+class TopicRecreated(RuntimeError):
+    """The topic being followed got a new id: follow it again from the start-up path."""
 
 
 async def follow_model_updates(settings: Settings, wake: asyncio.Event,

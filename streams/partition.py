@@ -49,6 +49,7 @@ DF = b"d\x00"
 PARK = b"k\x00"
 META = b"m"
 LOCAL = b"l"  # local bookkeeping (changelog position), never changelogged
+SEEDED = b"s"  # last record of a changelog seeded from a store: {"seq": its META seq}
 
 
 def store_prefix(partition: int) -> bytes:
@@ -225,7 +226,8 @@ class MeKBPartition:
     def state_records(self) -> dict[bytes, bytes | None]:
         """Every changelogged record of this partition, from the store (a changelog seed)."""
         plen = len(self.prefix)
-        return {k[plen:]: v for k, v in self.store.scan(self.prefix) if k[plen:] != LOCAL}
+        return {k[plen:]: v for k, v in self.store.scan(self.prefix)
+                if k[plen:] not in (LOCAL, SEEDED)}
 
     def all_updates(self, now: float) -> list[tuple[bytes | None, bytes | None]]:
         """A mekb-updates record for every user of this partition with a MeKB (a seed of

@@ -42,8 +42,12 @@ Delivery guarantee on Tansu (at-least-once + idempotent state): a crash anywhere
 replays from the last committed offset; records the state already holds are dropped
 by the consumed input offset in the changelogged partition meta, and duplicates the
 producer wrote are dropped by the per-user event_id window, so users' counts, df(e)
-and N are exactly-once in effect. Outputs are at-least-once: a crash between 1 and 2
-re-emits them (same example_id / same user version). With MEKB_EXACTLY_ONCE on Apache Kafka, 1, 2, 4
+and N are exactly-once in effect. Stored offsets carry the id of the topic they count in
+(mekb/topics.py): after a topic was re-created (or a new embedded broker) they are
+rebased and the new changelog, df-partials and mekb-updates are seeded from RocksDB
+(`_restore`); the event_id window still drops replayed events. Outputs are
+at-least-once: a crash between 1 and 2 re-emits them (same example_id / same user
+version). With MEKB_EXACTLY_ONCE on Apache Kafka, 1, 2, 4
 and 5 run in one producer transaction (RocksDB is written after it commits).
 """
 
@@ -60,9 +64,9 @@ from typing import Any
 from linker.base import Linker
 from mekb.kafka_config import aiokafka_config, profile
 from mekb.settings import Settings
-from mekb.topics import rebase_needed, topic_ids
+from mekb.topics import new_topic_ids, rebase_needed, topic_ids
 from streams.catalog import ItemCatalog, LinkedItem
-from streams.codec import dumps
+from streams.codec import dumps, loads
 from streams.config import StreamConfig
 from streams.dftable import DfTable
 from streams.items import link_items, prepare
@@ -75,12 +79,28 @@ from streams.kafka_io import (
     write_marker,
 )
 from streams.metrics import StreamMetrics
-from streams.partition import LOCAL, META, FlushPlan, InRecord, MeKBPartition, store_prefix
+from streams.partition import (
+    LOCAL,
+    META,
+    SEEDED,
+    FlushPlan,
+    InRecord,
+    MeKBPartition,
+    store_prefix,
+)
 from streams.state.base import StateStore
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_TOPICS = ("dead-letters", "training-examples", "mekb-updates")
+# Topics the worker reads from stored positions or whose contents must agree with its
+# state: a new id of any of them while it runs restarts the agents (`run`).
+WATCHED_TOPICS = ("interactions", "items", "mekb-changelog", "mekb-updates", "df-partials",
+                  "item-entities")
+
+
+class TopicsRecreated(RuntimeError):
+    """Topics the worker depends on got new ids (re-created, or a new embedded broker)."""
 
 
 @dataclass
@@ -112,10 +132,33 @@ class StreamWorker:
         self._inflight: asyncio.Task[None] | None = None  # the batch being made durable
         self._df_held: list[Any] | None = None  # df-partials read during a batch
         self._n_partitions = settings.partitions
+        self._reseed_items = False  # item-entities was re-created under the worker
         self.t = settings.topic
 
     # --- lifecycle ---------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop`. Topics re-created under the worker (the embedded broker
+        restarted: it starts empty) restart the agents in this process: the restore
+        rebases and re-seeds from RocksDB, and the item table, which lives in memory
+        only, is published again to the new item-entities topic."""
+        while True:
+            inner = asyncio.Event()
+            relay = asyncio.create_task(_relay(stop, inner))
+            try:
+                await self._run(inner)
+                return
+            except TopicsRecreated as exc:
+                if stop.is_set():
+                    return
+                logger.warning("%s: restarting the agents on the new topics", exc)
+                self.partitions.clear()
+                self.dftable = DfTable()
+                self._inflight = None
+                self._reseed_items = True
+            finally:
+                relay.cancel()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
         if self.settings.exactly_once and not profile(self.settings).supports_transactions:
@@ -134,12 +177,17 @@ class StreamWorker:
         tasks: list[asyncio.Task[Any]] = []
         try:
             await self._check_partitions()
+            names = [self.t(n) for n in WATCHED_TOPICS]
+            known = await asyncio.to_thread(topic_ids, self.settings, names)
+            if self._reseed_items:
+                await self._reseed_item_table()
             items_replica = Replica(self.settings, self.t("item-entities"), self._apply_items)
             df_replica = Replica(self.settings, self.t("df-partials"), self._apply_df)
             tasks = [
                 asyncio.create_task(items_replica.run(self._producer, stop), name="item-table"),
                 asyncio.create_task(df_replica.run(self._producer, stop), name="df-table"),
                 asyncio.create_task(self._item_agent(stop), name="item-agent"),
+                asyncio.create_task(self._watch(known, stop), name="topic-ids"),
             ]
             ready = asyncio.gather(items_replica.ready.wait(), df_replica.ready.wait())
             await self._until(ready, stop, tasks)
@@ -158,10 +206,29 @@ class StreamWorker:
             for task in tasks:
                 try:
                     await asyncio.wait_for(task, 15)
+                except TopicsRecreated:
+                    pass  # raised above
                 except Exception as exc:  # noqa: BLE001 - shutting down; log and go on
                     logger.warning("%s ended with %r", task.get_name(), exc)
             await self._restorer.stop()
             await self._producer.stop()
+
+    async def _watch(self, known: dict[str, str], stop: asyncio.Event) -> None:
+        now = await new_topic_ids(self.settings, known, stop)
+        if now:
+            changed = sorted(n for n in known if now.get(n, known[n]) != known[n])
+            raise TopicsRecreated(f"new topics: {', '.join(changed)}")
+
+    async def _reseed_item_table(self) -> None:
+        """Publish the item table held in memory to a new item-entities topic (keyed by
+        item, so every copy of an item lands in one partition and compaction keeps the
+        newest)."""
+        items = list(self.catalog.items.values())
+        futures = [await self._producer.send(self.t("item-entities"), it.encode(),
+                                             key=it.item_id.encode()) for it in items]
+        await asyncio.gather(*futures)
+        self._reseed_items = False
+        logger.info("item-entities seeded with the %d items of the table", len(items))
 
     async def _until(self, aw: Any, stop: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
         waiter = asyncio.ensure_future(aw)
@@ -494,32 +561,42 @@ class StreamWorker:
     async def _catch_up(self, part: MeKBPartition, topic_id: str | None) -> tuple[int, bool]:
         """Apply the changelog records the store lacks. A changelog that is another topic
         than the one the store's position counts in (another id, or a position beyond its
-        end: a broker without topic ids) is read whole: if it holds records of p, another
-        worker seeded it after the change, and it replaces the store; if it is empty, the
-        store is what survived and seeds it (`_rebase`). Returns the records applied and
-        whether the changelog is a new topic."""
+        end: a broker without topic ids) replaces the store only if a worker seeded it
+        completely from a state at least as new (a SEEDED record with a sequence number
+        >= the store's: another worker owned p since); otherwise the store is what
+        survived and seeds it (`_rebase`), over whatever batches reached the new topic
+        before the change was noticed (the store holds them too). Returns the records
+        applied and whether the changelog is a new topic."""
         p = part.partition
         topic = self.t("mekb-changelog")
         prefix = store_prefix(p)
         end = await write_marker(self._producer, topic, p)
         new = rebase_needed(part.changelog_id, topic_id) or part.changelog_next > end + 1
-        wiped = False
+        n = 0
+        if not new:
+            if part.changelog_next < end:
+                n = await read_until(self._restorer, topic, p, part.changelog_next, end,
+                                     lambda recs: self.store.write(
+                                         {prefix + r.key: r.value for r in recs}))
+        else:
+            seeded = -1
 
-        def apply(records: list[Any]) -> None:
-            nonlocal wiped
-            if new and not wiped:
+            def inspect(records: list[Any]) -> None:
+                nonlocal seeded
+                for r in records:
+                    if r.key == SEEDED and r.value:
+                        seeded = max(seeded, int(loads(r.value)["seq"]))
+
+            await read_until(self._restorer, topic, p, 0, end, inspect)
+            if seeded >= part.seq and seeded >= 0:
                 # (a crash from here on leaves no LOCAL: the next start restores from 0)
                 self.store.write({k: None for k, _ in list(self.store.scan(prefix))})
-                wiped = True
-            self.store.write({prefix + r.key: r.value for r in records})
-
-        start = 0 if new else part.changelog_next
-        n = await read_until(self._restorer, topic, p, start, end, apply) if start < end else 0
-        if new:
+                n = await read_until(self._restorer, topic, p, 0, end, lambda recs:
+                                     self.store.write({prefix + r.key: r.value for r in recs}))
             logger.warning("partition %d: mekb-changelog is a new topic (id %s, was %s): %s",
                            p, topic_id, part.changelog_id,
-                           f"restored from its {n} records" if n else
-                           "seeding it from the local state")
+                           f"restored from its {n} records (seeded by another worker)" if n
+                           else "seeding it from the local state")
             part.seeding = not n
         if topic_id is not None:
             part.changelog_id = topic_id
@@ -548,7 +625,9 @@ class StreamWorker:
         if part.seeding or changes:
             records = changes
             if part.seeding:
-                records = {**await asyncio.to_thread(part.state_records), **changes}
+                # the whole state, then the record saying it is complete
+                records = {**await asyncio.to_thread(part.state_records), **changes,
+                           SEEDED: dumps({"seq": part.seq})}
             async with self._transaction():
                 futures = await send_records(self._producer, self.t("mekb-changelog"), p,
                                              list(records.items()))
@@ -579,6 +658,11 @@ class StreamWorker:
         if self.settings.exactly_once:
             return self._producer.transaction()
         return contextlib.nullcontext()
+
+
+async def _relay(outer: asyncio.Event, inner: asyncio.Event) -> None:
+    await outer.wait()
+    inner.set()
 
 
 def _changelog_next(metas: list[Any]) -> int:

@@ -86,12 +86,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from linker.errors import LinkerError
     from mekb.broker import BrokerError
     from mekb.kafka_config import BrokerNotFound
+    from mekb.produce import ProduceError
     from mekb.sample import SampleUnavailable
     from mekb.supervisor import ComponentFailed
 
     return (
         CliError, BrokerError, BrokerNotFound, SampleUnavailable, LinkerError, ValidationError,
-        ComponentFailed, OSError,
+        ComponentFailed, ProduceError, OSError,
     )
 
 

@@ -1,4 +1,5 @@
-"""`mekb train`: offline EmbedMe training on a cross-domain scenario (resumable)."""
+"""`mekb train`: offline training of a model kind (EmbedMe, EntityGraph) on a
+cross-domain scenario (resumable)."""
 
 from __future__ import annotations
 
@@ -63,19 +64,29 @@ def train(
                                  "(default: drama:action for ml100k, books:movies synthetic)."),
     out: Path = typer.Option(..., "--out", help="Output folder: model/, checkpoint/, train.json."),
     seed: int = typer.Option(0, "--seed", help="Scenario split, initialisation and order."),
-    epochs: int = typer.Option(3, "--epochs", min=1),
+    model_kind: str = typer.Option("embedme", "--model", help="Model kind: embedme | "
+                                   "entitygraph."),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="Default 3 (embedme), "
+                               "10 (entitygraph)."),
     batch_users: int = typer.Option(32, "--batch-users", min=1, help="Users per micro-batch."),
     accum: int = typer.Option(1, "--accum", min=1, help="Micro-batches per optimiser step."),
-    lr: float = typer.Option(5e-4, "--lr"),
+    lr: float = typer.Option(None, "--lr", help="Default 5e-4 (embedme), 3e-3 (entitygraph)."),
     item_lr: float = typer.Option(5e-3, "--item-lr", help="Adam lr of the ID item table."),
     max_tokens: int = typer.Option(64, "--max-tokens", min=8, help="64 = CPU profile; "
                                    "paper: 256."),
     freeze_layers: int = typer.Option(4, "--freeze-layers", min=0,
                                       help="Freeze embeddings + lowest N layers (CPU profile)."),
-    dim: int = typer.Option(256, "--dim", min=1),
+    dim: int = typer.Option(None, "--dim", min=1, help="K. Default 256 (embedme), "
+                            "64 (entitygraph)."),
     encoder: str = typer.Option(None, "--encoder", help="HF encoder directory "
                                 "(default all-MiniLM-L6-v2)."),
     no_plm: bool = typer.Option(False, "--no-plm", help="w/o-PLM ablation (random init)."),
+    entity_lr: float = typer.Option(1e-2, "--entity-lr", help="EntityGraph: Adam lr of the "
+                                    "entity vectors."),
+    multi_domain: bool = typer.Option(True, "--multi-domain/--target-only", help="EntityGraph: "
+                                      "every domain a target, or the target domain only."),
+    entity_cache: Path = typer.Option(None, "--entity-cache", help="EntityGraph title-vector "
+                                      "cache (default MEKB_DATA_DIR/entity-vectors)."),
     loss: str = typer.Option("full", "--loss", help="full | sampled (log-Q corrected)."),
     min_item: int = typer.Option(None, "--min-item-positives", help="Item filter "
                                  "(default 50; 10 ml100k; 5 synthetic)."),
@@ -89,12 +100,14 @@ def train(
                                          help="Optimiser steps between checkpoints."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Train EmbedMe on a CDR scenario; Ctrl-C writes a checkpoint, rerun to resume."""
+    """Train a model kind on a CDR scenario; Ctrl-C writes a checkpoint, rerun to resume."""
     from trainer.data.scenario import build_scenario
     from trainer.model import EmbedMe, EmbedMeConfig
     from trainer.offline import TrainConfig, TrainingInterrupted
     from trainer.offline import train as run_training
 
+    if model_kind not in ("embedme", "entitygraph"):
+        raise CliError(f"--model must be embedme or entitygraph, not {model_kind!r}")
     if loss not in ("full", "sampled"):
         raise CliError(f"--loss must be full or sampled, not {loss!r}")
     sc_cfg = scenario_config(dataset, scenario, seed, min_item, min_user)
@@ -103,6 +116,15 @@ def train(
         sc = build_scenario(data, sc_cfg)
     except Exception as exc:  # DatasetError and friends: user-fixable
         raise CliError(str(exc)) from None
+    if model_kind == "entitygraph":
+        _train_entitygraph(
+            sc, out, dataset=dataset, seed=seed, epochs=epochs or 10,
+            batch_users=batch_users, lr=3e-3 if lr is None else lr, entity_lr=entity_lr,
+            dim=dim or 64, encoder=encoder, pretrained=not no_plm,
+            multi_domain=multi_domain, cache=entity_cache, resume=resume,
+            max_steps=max_steps, checkpoint_every=checkpoint_every, progress=progress)
+        return
+    epochs, lr, dim = epochs or 3, 5e-4 if lr is None else lr, dim or 256
     model_cfg = EmbedMeConfig(encoder=encoder, dim=dim, max_tokens=max_tokens,
                               pretrained=not no_plm)
     train_cfg = TrainConfig(epochs=epochs, batch_users=batch_users, accum_steps=accum, lr=lr,
@@ -130,6 +152,43 @@ def train(
     summary = {
         "dataset": dataset, "scenario": asdict(sc_cfg), "stats": sc.stats(),
         "model": asdict(model_cfg), "training": asdict(train_cfg),
+        "result": {**asdict(result), "losses": result.losses[-20:]},
+        "examples_per_s": result.examples / result.seconds if result.seconds else None,
+    }
+    (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
+    typer.echo(f"trained {result.steps} steps ({result.examples} examples, "
+               f"{result.seconds:.0f} s); model in {out / 'model'}")
+
+
+def _train_entitygraph(sc: Any, out: Path, *, dataset: str, seed: int, epochs: int,
+                       batch_users: int, lr: float, entity_lr: float, dim: int,
+                       encoder: str | None, pretrained: bool, multi_domain: bool,
+                       cache: Path | None, resume: bool, max_steps: int | None,
+                       checkpoint_every: int, progress: bool) -> None:
+    from mekb.cli.common import settings_with
+    from trainer.entitygraph.model import EntityGraphConfig
+    from trainer.entitygraph.train import EntityGraphTrainConfig, build_model
+    from trainer.entitygraph.train import train as run_training
+    from trainer.offline import TrainingInterrupted
+
+    model_cfg = EntityGraphConfig(dim=dim, encoder=encoder, pretrained=pretrained)
+    train_cfg = EntityGraphTrainConfig(
+        epochs=epochs, batch_users=batch_users, lr=lr, entity_lr=entity_lr,
+        multi_domain=multi_domain, seed=seed, checkpoint_every=checkpoint_every,
+        progress=progress)
+    model = build_model(model_cfg, sc, seed=seed,
+                        cache_dir=cache or settings_with().data_dir / "entity-vectors")
+    try:
+        result = run_training(model, sc, train_cfg, checkpoint_dir=out / "checkpoint",
+                              resume=resume, max_steps=max_steps)
+    except TrainingInterrupted:
+        typer.echo(f"interrupted: checkpoint in {out / 'checkpoint'}; rerun the same "
+                   "command to resume", err=True)
+        raise typer.Exit(130) from None
+    model.save(out / "model")
+    summary = {
+        "dataset": dataset, "kind": "entitygraph", "scenario": asdict(sc.config),
+        "stats": sc.stats(), "model": asdict(model.config), "training": asdict(train_cfg),
         "result": {**asdict(result), "losses": result.losses[-20:]},
         "examples_per_s": result.examples / result.seconds if result.seconds else None,
     }

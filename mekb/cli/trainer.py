@@ -1,5 +1,5 @@
-"""`mekb trainer`: continuous EmbedMe fine-tuning from training-examples, item-tower
-refit, gated publication into the model registry."""
+"""`mekb trainer`: continuous training of one model kind (EntityGraph or EmbedMe) from
+training-examples, item-tower refit, gated publication into the model registry."""
 
 from __future__ import annotations
 
@@ -24,9 +24,14 @@ def trainer(
         None, "--refit-interval", min=0.001,
         help="Seconds between item-tower refits (MEKB_TRAINER_REFIT_INTERVAL_S).",
     ),
+    kind: str = typer.Option(
+        None, "--kind", help="Model kind to train: entitygraph or embedme (MEKB_MODEL_KIND; "
+        "unset: embedme). One trainer per registry trains one kind.",
+    ),
 ) -> None:
-    """Fine-tune EmbedMe on the stream of point-in-time examples; publish gated versions
-    (full: user tower + items; items: hourly item-tower refit) and announce them."""
+    """Train one model kind on the stream of point-in-time examples; publish gated
+    versions (full: user tower + items; items: hourly item-tower refit) and announce
+    them. The gate compares each candidate with the active version, whatever its kind."""
     import torch
     from prometheus_client import CollectorRegistry
 
@@ -34,13 +39,18 @@ def trainer(
     from mekb.registry import Registry, announce, registry_root
     from trainer.model import ModelError
     from trainer.online.checkpoint import CheckpointStore
+    from trainer.online.kinds import checkpoint_dir, online_kind, trainer_kind
     from trainer.online.loop import OnlineTrainer, model_config, state_dir
     from trainer.online.metrics import TrainerMetrics
     from trainer.online.resume import load_start
     from trainer.online.service import AlreadyRunning, Health, acquire_lock, run
 
+    from mekb.registry import MODEL_KINDS
+
+    if kind is not None and kind not in MODEL_KINDS:
+        raise CliError(f"unknown model kind {kind!r} (known: {', '.join(MODEL_KINDS)})")
     settings = settings_with(trainer_port=port, trainer_publish_every=publish_every,
-                             trainer_refit_interval_s=refit_interval)
+                             trainer_refit_interval_s=refit_interval, model_kind=kind)
     require_broker(settings)
     try:
         lock = acquire_lock(registry_root(settings) / ".trainer.lock")
@@ -55,16 +65,18 @@ def trainer(
                "and /healthz")
     try:
         torch.manual_seed(settings.trainer_seed)
-        store = CheckpointStore(state_dir(settings) / "checkpoints")
+        model_kind = online_kind(trainer_kind(settings), settings)
+        store = CheckpointStore(checkpoint_dir(state_dir(settings), model_kind.name))
         registry = Registry(registry_root(settings))
         try:
-            start = load_start(settings, store, registry, model_config(settings))
+            start = load_start(settings, store, registry, model_config(settings), model_kind)
         except ModelError as exc:
             raise CliError(f"cannot load the model: {exc}") from None
         health.source = start.source
+        typer.echo(f"trainer: training model kind {model_kind.name} (from {start.source})")
         online = OnlineTrainer(settings, start.model, start.state, start.optimizer_state,
                                store, registry, metrics,
-                               announce=lambda mv: announce(settings, mv))
+                               announce=lambda mv: announce(settings, mv), kind=model_kind)
 
         async def main() -> None:
             stop = asyncio.Event()

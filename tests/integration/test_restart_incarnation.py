@@ -148,6 +148,45 @@ def test_worker_restart_on_a_new_broker_keeps_state_and_applies_new_events(
             assert worker.stop() == 0
 
 
+def test_worker_follows_a_broker_restart_while_it_runs(alias: Path, tmp_path: Path) -> None:
+    """What `mekb up` does when the embedded broker crashes: a new, empty broker on the same
+    port, topics created again, the worker still running. Its items are not produced
+    again: the worker's own item table must come back to item-entities."""
+    fields = {"mekb_max_entities": 100_000, "example_entities": 0}
+    log = generate(n_users=30, n_items=40, n_events=1200, n_entities=120, seed=5,
+                   dup_rate=0.10)
+    pairs = list(zip(log.keys, log.interactions, strict=True))
+    cut = len(pairs) // 2
+    first = {str(e["event_id"]) for e in records_json(pairs[:cut])}
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+        s = Settings(bootstrap_servers=broker.bootstrap_servers, broker_flavor="tansu",
+                     topic_prefix="r-", partitions=2, data_dir=tmp_path / "data", **fields)
+        create_topics(s)
+        ents = linked_entities(s, alias, log.items)
+
+        def ref_of(events: list[dict[str, Any]]) -> tuple[Any, dict[str, int], int]:
+            ref = reference_counts(events, lambda i: ents[i])
+            return (ref, *reference_df(ref))
+
+        produce(s, "items", [(str(x["item_id"]).encode(), json.dumps(x).encode())
+                             for x in log.items])
+        worker = Worker(s, alias, "w1", tmp_path / "w1.log")
+        try:
+            worker.wait_ready()
+            worker.wait_items(len(log.items))
+            produce(s, "interactions", pairs[:cut])
+            wait_exact(s, *ref_of([e for e in log.valid if e["event_id"] in first]))
+            broker.stop()
+            broker.start()  # same port, no topics
+            create_topics(s)
+            produce(s, "interactions", pairs[cut:])
+            wait_exact(s, *ref_of(log.valid))
+            assert worker.proc.poll() is None, "the worker exited"
+            assert "restarting the agents on the new topics" in worker.log.read_text()
+        finally:
+            assert worker.stop() == 0
+
+
 # --- serving replica ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -213,6 +252,14 @@ def test_serving_replica_on_a_new_broker_applies_new_updates(
             produce(serve.settings, "mekb-updates", [update("bob", 4, "bob 4")])
             assert serve.wait_version("bob", 4, 10)["mekb_version"] == 4
             assert "is a new topic" in serve.log.read_text()
+            # the broker restarts under the running server (what `mekb up` does when it
+            # crashed): the replica notices the new topic and reads it from its start
+            b2.stop()
+            b2.start()
+            create_topics(serve.settings)
+            produce(serve.settings, "mekb-updates", [update("erin", 2, "erin 2")])
+            assert serve.wait_version("erin", 2, 30)["mekb_version"] == 2
+            assert serve.wait_version("bob", 4, 1)["mekb_version"] == 4
         finally:
             assert serve.stop() == 0
 
@@ -226,10 +273,9 @@ def test_trainer_on_a_new_broker_keeps_weights_and_trains_new_examples(tmp_path:
         wait_for,
     )
 
-    quiet = {"MEKB_TRAINER_PUBLISH_EVERY": "100000"}
-    counted = ('mekb_trainer_examples_total{{outcome="{}"}}'.format(o)
-               for o in ("trained", "held_out", "invalid", "skipped"))
-    outcomes = list(counted)
+    quiet = {"MEKB_TRAINER_PUBLISH_EVERY": "100000", "MEKB_TRAINER_MAX_TOKENS": "16"}
+    outcomes = [f'mekb_trainer_examples_total{{outcome="{o}"}}'
+                for o in ("trained", "held_out", "invalid", "skipped")]
 
     def seen(trainer: Trainer) -> float:
         return sum(trainer.metric(name) for name in outcomes)
@@ -238,30 +284,40 @@ def test_trainer_on_a_new_broker_keeps_weights_and_trains_new_examples(tmp_path:
         trainer = Trainer(s1, tmp_path / "trainer1.log", **quiet)
         try:
             trainer.wait_healthy()
-            produce(s1, "training-examples", examples(0, 40))
-            wait_for(lambda: seen(trainer) == 40, 120, "run 1's examples", trainer)
+            produce(s1, "training-examples", examples(0, 16))
+            wait_for(lambda: seen(trainer) == 16, 120, "run 1's examples", trainer)
         finally:
             assert trainer.stop() == 0, trainer.tail()
         before = checkpoint_state(s1)
-        assert sum(before["offsets"].values()) == 40
+        assert sum(before["offsets"].values()) == 16
         topic = s1.topic("training-examples")
         assert before["topic_ids"] == topic_ids(s1, [topic])
 
-    with broker_run(tmp_path, "broker2") as s2:
-        # before the trainer starts: its stored offsets (20 per partition) lie inside the
-        # new topic, so offsets taken for the old topic's would skip 40 of these 60
-        produce(s2, "training-examples", examples(40, 60))
+    with EmbeddedBroker(log_path=tmp_path / "broker2.log") as b2:
+        s2 = Settings(**{**s1.model_dump(), "bootstrap_servers": b2.bootstrap_servers})
+        create_topics(s2)
+        # before the trainer starts: its stored offsets lie inside the new topic, so
+        # offsets taken for the old topic's would skip most of these 30
+        produce(s2, "training-examples", examples(16, 30))
         trainer = Trainer(s2, tmp_path / "trainer2.log", **quiet)
         try:
             health = trainer.wait_healthy()
             assert health["source"] == "checkpoint"  # the weights of run 1
-            wait_for(lambda: seen(trainer) == 60, 120, "every example of run 2", trainer)
+            wait_for(lambda: seen(trainer) == 30, 120, "every example of run 2", trainer)
             assert trainer.metric('mekb_trainer_examples_total{outcome="skipped"}') == 0
+            # the broker restarts under the running trainer: it goes on with the new topic
+            b2.stop()
+            b2.start()
+            create_topics(s2)
+            produce(s2, "training-examples", examples(100, 8))
+            wait_for(lambda: seen(trainer) == 38, 120, "the examples after the restart",
+                     trainer)
         finally:
             assert trainer.stop() == 0, trainer.tail()
         after = checkpoint_state(s2)
-        assert sum(after["offsets"].values()) == 60
-        assert after["topic_ids"] == topic_ids(s2, [topic]) != before["topic_ids"]
+        assert sum(after["offsets"].values()) == 8
+        assert after["topic_ids"] == topic_ids(s2, [topic])
+        assert after["topic_ids"] != before["topic_ids"]
         assert after["step"] > before["step"]
         assert after["examples_seen"] > before["examples_seen"]
 
@@ -281,6 +337,7 @@ def test_mekb_up_twice_on_one_data_dir_applies_the_second_runs_events(tmp_path: 
         child_env,
         default_alias_table,
         http,
+        metrics_text,
         reference_counts,
         wait_for,
     )
@@ -331,6 +388,21 @@ def test_mekb_up_twice_on_one_data_dir_applies_the_second_runs_events(tmp_path: 
             wait_for(matches, 60, f"MeKB of {user} to equal the reference")
         log = (data / "logs" / "worker.log").read_text()
         assert "input offsets rebased" in log and "seeding it from the local state" in log
+
+        # the trainer reads every example run 2's worker wrote (from the new topic's start)
+        def metric(port: int, name: str) -> float:
+            text = metrics_text(f"http://127.0.0.1:{port}/metrics")
+            return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith(name))
+
+        def trainer_caught_up() -> bool:
+            written = metric(ports["worker"],
+                             'mekb_streams_events_total{agent="mekb",outcome="example"}')
+            read = sum(metric(ports["trainer"], f'mekb_trainer_examples_total{{outcome="{o}"}}')
+                       for o in ("trained", "held_out", "invalid", "skipped"))
+            return 0 < written == read
+        wait_for(trainer_caught_up, 60, "the trainer to read run 2's examples")
+        assert "training-examples is a new topic" in (data / "logs" / "trainer.log").read_text()
     finally:
         second.send_signal(signal.SIGINT)
         try:

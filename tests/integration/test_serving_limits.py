@@ -229,7 +229,9 @@ def _fuzz(op: Any, url: str, key: str) -> None:
     from hypothesis import HealthCheck, Phase, given, settings
 
     @given(case=op.as_strategy())
+    # derandomize: the same cases every run (CI must not turn red on a new seed)
     @settings(max_examples=25, deadline=None, phases=[Phase.generate], database=None,
+              derandomize=True,
               suppress_health_check=list(HealthCheck))
     def check(case: Any) -> None:
         case.call_and_validate(base_url=url, headers={"X-API-Key": key}, timeout=10)

@@ -73,7 +73,7 @@ def test_larger_prior_moves_weight_to_that_entity() -> None:
         w1 = model.attention(vectors, torch.tensor([[0.6, 0.2, 0.2]]), mask)[0]
         assert w1[0] > w0[0]
         no_prior = _model(prior=0.0)
-        no_prior.config = no_prior.config  # β = softplus(-30) ≈ 0: scores do not matter
+        # β = softplus(-30) ≈ 0: the scores no longer matter
         a = no_prior.attention(vectors, torch.tensor([[0.2, 0.4, 0.4]]), mask)
         b = no_prior.attention(vectors, torch.tensor([[0.6, 0.2, 0.2]]), mask)
         assert torch.allclose(a, b, atol=1e-6)
@@ -204,3 +204,28 @@ def test_onnx_parity_dynamic_batch_and_length(tmp_path: Path) -> None:
             ref = model.encode(torch.from_numpy(v), torch.from_numpy(s), torch.from_numpy(m))
         assert out.shape == (batch, 4)
         assert np.abs(out - ref.numpy()).max() < 1e-5
+
+
+def test_kg_tying_save_load_and_onnx(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = EntityGraph(EntityGraphConfig(dim=4, hidden=16, attn_dim=8, kg_dim=4), H)
+    model.add_entities([f"e{i}" for i in range(4)], np.eye(4, H, dtype=np.float32))
+    model.add_items(["a"], ["x"])
+    model.attach_kg(5, 2, {"e0": 1, "e2": 3})
+    with torch.no_grad():
+        assert torch.equal(model.entity_vectors(), model.entity_table)  # P starts at 0
+        torch.nn.init.normal_(model.kg_proj.weight)
+        tied = model.entity_vectors()
+    assert not torch.allclose(tied[0], model.entity_table[0])
+    assert torch.equal(tied[1], model.entity_table[1])  # e1 is not linked
+    assert float(model.transe.loss(torch.tensor([[1, 0, 3], [3, 1, 2]]), 1.0,
+                                   torch.Generator().manual_seed(0))) >= 0.0
+    model.add_entities(["late"], np.ones((1, H), np.float32))  # after attach: unlinked
+    assert model.entity_kg_row.tolist() == [1, -1, 3, -1, -1]
+    model.eval().save(tmp_path / "m")
+    loaded = EntityGraph.load(tmp_path / "m").eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded.entity_vectors(), model.entity_vectors())
+    kind = get_kind("entitygraph")
+    kind.export_onnx(loaded, tmp_path / "b")
+    assert kind.parity(loaded, tmp_path / "b") < 1e-5

@@ -157,8 +157,8 @@ def test_model_update_event_matches_the_contract(tmp_path: Path) -> None:
     mv = reg.publish(make_bundle(tmp_path / "b"), version="20261124T120000Z-3f2a1c",
                      parent="20261124T110000Z-9a8b7c", kind="items")
     event = model_update_event(mv)
-    assert set(event) == {"v", "version", "kind", "created_at", "parent"}
-    assert event["v"] == 1 and event["kind"] == "items"
+    assert set(event) == {"v", "version", "kind", "model_kind", "created_at", "parent"}
+    assert event["v"] == 1 and event["kind"] == "items" and event["model_kind"] == "embedme"
     assert event["parent"] == "20261124T110000Z-9a8b7c"
 
 

@@ -129,12 +129,19 @@ def test_every_answer_is_declared_with_its_schema(walk, registry: Registry,
     call("GET", items, 200, params={"domain": "books", "version": V2})
     call("GET", items, 404, params={"version": "20990101T000000Z-ffffff"})
     call("GET", items, 422, params={"version": "../../etc"})
+    call("GET", items, 422, params={"offset": 1 << 64})  # was a 500 (JSON int overflow)
     call("GET", "/v1/models", 200)
     act = "/v1/models/{version}/activate"
     call("POST", act, 401, path=f"/v1/models/{V2}/activate")  # the user key is not admin
     call("POST", act, 404, path="/v1/models/20990101T000000Z-ffffff/activate", headers=admin)
     call("POST", act, 200, path=f"/v1/models/{V2}/activate", headers=admin)
     call("POST", "/v1/models/rollback", 200, headers=admin)
+    pin = "/v1/models/{version}/pin"
+    call("POST", pin, 200, path=f"/v1/models/{V1}/pin", headers=admin)
+    call("GET", "/v1/models", 200)  # with the pin
+    call("POST", pin, 404, path="/v1/models/20990101T000000Z-ffffff/pin", headers=admin)
+    call("POST", "/v1/models/unpin", 200, headers=admin)
+    call("POST", "/v1/models/unpin", 401)
     call("GET", "/healthz", 200)
     call("GET", "/readyz", 200)
     call("GET", "/readyz", 422, params={"allow_stale": "maybe"})

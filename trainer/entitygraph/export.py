@@ -80,7 +80,8 @@ def write_user_tower(model: EntityGraph, out_dir: Path) -> dict[str, Any]:
     """user_tower.onnx + entities.npy/json into `out_dir`; the manifest fields."""
     out_dir = Path(out_dir)
     export_user_tower(model, out_dir / ONNX_FILE)
-    table = model.entity_table.detach().to("cpu", torch.float32).numpy()
+    with torch.no_grad():  # materialised: KG tying is part of each entity's vector
+        table = model.entity_vectors().detach().to("cpu", torch.float32).numpy()
     table = np.concatenate([table, np.zeros((1, table.shape[1]), np.float32)])
     np.save(out_dir / ENTITIES_NPY, np.ascontiguousarray(table), allow_pickle=False)
     (out_dir / ENTITIES_JSON).write_text(json.dumps({
@@ -135,8 +136,20 @@ class OnnxUserTower:
             "entity_vectors": self.table[rows], "entity_scores": scores, "entity_mask": mask}
         return np.asarray(self.session.run([OUTPUT_NAME], dict(feeds))[0], dtype=np.float32)
 
-    def encode(self, mekbs: Sequence[Sequence[tuple[str, float]]]) -> np.ndarray:
-        return self.run(*self.rows(mekbs))
+    def encode(self, mekbs: Sequence[Sequence[tuple[str, float]]],
+               bucket: int = 64) -> np.ndarray:
+        """Embeddings in input order. Users are run in groups of `bucket` of similar
+        MeKB size: padding every user of a batch to its largest MeKB would multiply
+        the work by the (heavy-tailed) size spread."""
+        order = sorted(range(len(mekbs)), key=lambda i: len(mekbs[i]))
+        out: np.ndarray | None = None
+        for start in range(0, len(order), bucket):
+            idx = order[start : start + bucket]
+            emb = self.run(*self.rows([mekbs[i] for i in idx]))
+            if out is None:
+                out = np.empty((len(mekbs), emb.shape[1]), dtype=np.float32)
+            out[idx] = emb
+        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
 def parity(model: EntityGraph, bundle: Path, *, n_users: int = 16, seed: int = 0) -> float:
@@ -156,7 +169,7 @@ def parity(model: EntityGraph, bundle: Path, *, n_users: int = 16, seed: int = 0
     was = model.training
     model.eval()
     with torch.no_grad():
-        table = torch.cat([model.entity_table, torch.zeros(1, model.vector_dim)])
+        table = torch.cat([model.entity_vectors(), torch.zeros(1, model.vector_dim)])
         ref = model.encode(table[torch.from_numpy(rows)], torch.from_numpy(scores),
                            torch.from_numpy(mask)).numpy()
     model.train(was)

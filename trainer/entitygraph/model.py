@@ -53,6 +53,16 @@ class EntityGraphConfig:
     prior: float = 1.0  # initial β (weight of log MeKBScore); 0 with learn_prior=False: none
     learn_prior: bool = True
     dropout: float = 0.1  # training: each MeKB entity dropped with this probability
+    # the MLP also reads the plain mean of the MeKB's vectors: attention picks the
+    # telling entities, the mean keeps the whole history (collaborative signal)
+    mean_pool: bool = False
+    # Knowledge-graph tying (0 = off): an entity linked to a KG node gets
+    # P·t(node) added to its vector, t a TransE embedding of this width trained on the
+    # KG's triples beside the recommendation loss (trainer/kgrec/transe.py), P learnt
+    # and zero at the start (training begins from the title vectors)
+    kg_dim: int = 0
+    kg_weight: float = 0.1  # weight of the TransE margin loss
+    kg_margin: float = 1.0
     finetune_entities: bool = True  # False: entity vectors stay the encoder's
     pretrained: bool = True  # False: random entity vectors (the w/o-PLM ablation)
     encoder: str | None = None  # HF directory of the title encoder; None = MiniLM
@@ -81,13 +91,17 @@ class EntityGraph(nn.Module):
         raw = _inv_softplus(config.prior) if config.prior > 0 else -30.0
         self.prior_raw = nn.Parameter(torch.tensor(float(raw)),
                                       requires_grad=config.learn_prior)
-        self.mlp = nn.Sequential(nn.Linear(vector_dim, config.hidden), nn.GELU(),
+        width = 2 * vector_dim if config.mean_pool else vector_dim
+        self.mlp = nn.Sequential(nn.Linear(width, config.hidden), nn.GELU(),
                                  nn.Linear(config.hidden, config.dim))
         self.entity_table = nn.Parameter(torch.empty(0, vector_dim),
                                          requires_grad=config.finetune_entities)
         self.item_table = nn.Parameter(torch.empty(0, config.dim))
         self.entity_ids: list[str] = []
         self._erow: dict[str, int] = {}
+        self.transe: nn.Module | None = None  # attach_kg()
+        self.kg_proj: nn.Linear | None = None
+        self.register_buffer("entity_kg_row", torch.zeros(0, dtype=torch.long))
         self.item_ids: list[str] = []
         self.item_domains: list[str] = []
         self._row: dict[str, int] = {}
@@ -111,11 +125,38 @@ class EntityGraph(nn.Module):
         """vectors [B, L, H], scores [B, L] (MeKBScore), mask [B, L] (1 = entity) → [B, K]."""
         weights = self.attention(vectors, scores, mask)
         pooled = (weights.unsqueeze(-1) * vectors).sum(1)
+        if self.config.mean_pool:
+            keep = mask.to(vectors.dtype).unsqueeze(-1)
+            mean = (keep * vectors).sum(1) / keep.sum(1).clamp(min=1.0)
+            pooled = torch.cat([pooled, mean], dim=-1)
         return self.mlp(pooled)
 
     def encode_rows(self, rows: Tensor, scores: Tensor, mask: Tensor) -> Tensor:
         """`encode` with entity-table rows [B, L] (training: the table gets gradients)."""
-        return self.encode(self.entity_table[rows], scores, mask)
+        return self.encode(self.entity_vectors(rows), scores, mask)
+
+    def entity_vectors(self, rows: Tensor | None = None) -> Tensor:
+        """The vectors the user tower reads (all rows, or `rows`): the entity table,
+        plus the projected TransE embedding of each KG-linked entity when tied."""
+        table = self.entity_table if rows is None else self.entity_table[rows]
+        if self.transe is None or self.kg_proj is None:
+            return table
+        kg_row = self.entity_kg_row if rows is None else self.entity_kg_row[rows]
+        linked = (kg_row >= 0).to(table.dtype).unsqueeze(-1)
+        tied = self.kg_proj(self.transe.entities(kg_row.clamp(min=0)))
+        return table + linked * tied
+
+    def attach_kg(self, n_kg_entities: int, n_relations: int,
+                  kg_row: dict[str, int]) -> None:
+        """Tie entities to a knowledge graph: `kg_row` maps entity ids to KG node rows."""
+        from trainer.kgrec.transe import TransE
+
+        dim = self.config.kg_dim
+        self.transe = TransE(n_kg_entities, n_relations, dim)
+        self.kg_proj = nn.Linear(dim, self.vector_dim, bias=False)
+        nn.init.zeros_(self.kg_proj.weight)
+        self.entity_kg_row = torch.tensor([kg_row.get(e, -1) for e in self.entity_ids],
+                                          dtype=torch.long)
 
     # ---- entities ---------------------------------------------------------------------
 
@@ -141,6 +182,10 @@ class EntityGraph(nn.Module):
         for i in new:
             self._erow[entity_ids[i]] = len(self.entity_ids)
             self.entity_ids.append(str(entity_ids[i]))
+        # entities added after a KG was attached are not linked to it
+        pad = torch.full((len(new),), -1, dtype=torch.long)
+        self.entity_kg_row = torch.cat([self.entity_kg_row, pad]) if self.transe is not None \
+            else self.entity_kg_row
 
     def entity_row(self, entity_id: str) -> int | None:
         return self._erow.get(entity_id)
@@ -197,8 +242,11 @@ class EntityGraph(nn.Module):
         tmp = directory / f".{WEIGHTS}.tmp-{os.getpid()}"
         save_file(state, str(tmp), metadata={"format": "pt", "kind": KIND})
         os.replace(tmp, directory / WEIGHTS)
+        kg = {} if self.transe is None else {
+            "kg_entities": int(self.transe.n_entities),
+            "kg_relations": int(self.transe.relations.num_embeddings)}
         (directory / CONFIG).write_text(json.dumps(
-            {**self.config.to_json(), "vector_dim": self.vector_dim}, indent=2,
+            {**self.config.to_json(), "vector_dim": self.vector_dim, **kg}, indent=2,
             sort_keys=True) + "\n", encoding="utf-8")
         (directory / ITEMS).write_text(json.dumps(
             {"item_ids": self.item_ids, "domains": self.item_domains}) + "\n", encoding="utf-8")
@@ -226,6 +274,8 @@ class EntityGraph(nn.Module):
         model._row = {item: i for i, item in enumerate(model.item_ids)}
         model.entity_ids = [str(e) for e in ents["entity_ids"]]
         model._erow = {e: i for i, e in enumerate(model.entity_ids)}
+        if "kg_entities" in raw:
+            model.attach_kg(int(raw["kg_entities"]), int(raw["kg_relations"]), {})
         model.item_table = nn.Parameter(torch.empty_like(state["item_table"]))
         model.entity_table = nn.Parameter(torch.empty_like(state["entity_table"]),
                                           requires_grad=model.config.finetune_entities)

@@ -51,6 +51,7 @@ class EntityGraphTrainConfig:
     max_entities: int = 0  # 0 = the whole MeKB (no cut)
     multi_domain: bool = True  # every domain a target; False: the scenario's target only
     grad_clip: float = 5.0
+    kg_batch: int = 2048  # TransE triples per step (with a tied knowledge graph)
     seed: int = 0
     checkpoint_every: int = 50  # optimiser steps
     progress: bool = True
@@ -88,6 +89,11 @@ def build_model(config: EntityGraphConfig, scenario: Scenario, *,
         vectors = (gen.standard_normal((len(ids), dim)) / math.sqrt(dim)).astype(np.float32)
     model = EntityGraph(config, dim)
     model.add_entities(ids, vectors)
+    if config.kg_dim > 0 and getattr(scenario, "kg", None) is not None:
+        kg = scenario.kg
+        # an item's product entity is tied to the KG node the item links to
+        links = {f"product:{item}": nodes[0] for item, nodes in kg.item_links.items() if nodes}
+        model.attach_kg(kg.n_entities, kg.n_relations, links)
     items = sorted(scenario.items)
     model.add_items(items, [scenario.items[i].domain for i in items])
     return model
@@ -158,6 +164,10 @@ def train(
         assert checkpoint_dir is not None
         load_optimizer(optimizer, checkpoint_dir)
     drop_gen = torch.Generator().manual_seed(cfg.seed)
+    kg_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    kg = getattr(scenario, "kg", None)
+    triples = torch.from_numpy(kg.triples) if model.transe is not None and kg is not None \
+        and len(kg.triples) else None
     t0 = time.perf_counter()
 
     def position(epoch: int, batch: int) -> dict[str, Any]:
@@ -180,11 +190,18 @@ def train(
                 users = model.encode_rows(batch.rows, batch.scores, mask)
                 logits = users @ model.item_table[domain_rows[batch.domain]].t()
                 loss = multi_positive_softmax(logits, batch.positives, batch.pos_mask)
+                if triples is not None:
+                    assert model.transe is not None
+                    pick = torch.randint(len(triples), (cfg.kg_batch,), generator=kg_gen)
+                    loss = loss + model.config.kg_weight * model.transe.loss(
+                        triples[pick], model.config.kg_margin, kg_gen)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
+                if triples is not None:
+                    model.transe.renorm()
                 result.steps += 1
                 result.examples += batch.n_examples
                 result.users_seen += len(batch.rows)

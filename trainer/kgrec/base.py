@@ -105,14 +105,16 @@ class KGRec(nn.Module):
             needed += [rows.reshape(-1) for rows, _ in hoods]
         # each distinct item is encoded once per batch (eq. 5's MLP is the costly part)
         uniq, inverse = torch.unique(torch.cat(needed), return_inverse=True)
-        vecs = self.item_vectors(uniq)[inverse]
-        cand = vecs[: candidates.numel()].view(*candidates.shape, -1)
+        unique_vecs = self.item_vectors(uniq)
+        cand = unique_vecs[inverse[: candidates.numel()]].view(*candidates.shape, -1)
         if self.cfg.gnn:
             parts, offset = [], candidates.numel()
             for (rows, mask), gnn in zip(hoods, (self.gnn_shared, self.gnn_domain), strict=True):
-                nbr = vecs[offset : offset + rows.numel()].view(*rows.shape, -1)
+                at = inverse[offset : offset + rows.numel()]
                 offset += rows.numel()
-                parts.append(gnn(domain, nbr, mask))
+                nbr = unique_vecs[at].view(*rows.shape, -1)
+                keys = gnn.key(unique_vecs)[at].view(*rows.shape, -1)
+                parts.append(gnn(domain, nbr, keys, mask))
             user = self.domain_mlp(torch.cat(parts, dim=-1), domain)
         elif self.cfg.multidomain:
             shared, specific = self.tables(users, domain)

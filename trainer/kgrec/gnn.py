@@ -24,12 +24,12 @@ import torch
 from torch import Tensor, nn
 
 
-def additive_attention(query: Tensor, keys: Tensor, mask: Tensor, proj: nn.Linear,
-                       score: nn.Linear) -> Tensor:
-    """query [B, n], keys [B, K, n], mask [B, K] (False = padding) -> weights [B, K]:
-    softmax over the real keys of wᵀ tanh(W [q ; k]); a row with no real key is all 0."""
-    q = query.unsqueeze(1).expand(-1, keys.shape[1], -1)
-    logits = score(torch.tanh(proj(torch.cat([q, keys], dim=-1)))).squeeze(-1)
+def additive_attention(query: Tensor, keys: Tensor, mask: Tensor, score: nn.Linear) -> Tensor:
+    """Weights [B, K] = softmax over the real keys of wᵀ tanh(W_q q + W_k k_i), i.e.
+    wᵀ tanh(W [q ; k_i]) with W = [W_q W_k] split so that W_k k_i is computed once per
+    distinct item, not per (user, slot). query: W_q q [B, a]; keys: W_k k_i [B, K, a];
+    mask [B, K] (False = padding); `score` is w. A row with no real key is all 0."""
+    logits = score(torch.tanh(query.unsqueeze(1) + keys)).squeeze(-1)
     logits = logits.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(logits, dim=-1)
     return torch.where(mask, weights, torch.zeros_like(weights))  # all-padding rows: NaN -> 0
@@ -42,16 +42,18 @@ class AttentionGNN(nn.Module):
         self.layers = layers
         self.start = nn.Embedding(n_domains, dim)
         nn.init.normal_(self.start.weight, std=init_std)
-        self.proj = nn.Linear(2 * dim, attn_dim or dim)
+        self.query = nn.Linear(dim, attn_dim or dim)
+        self.key = nn.Linear(dim, attn_dim or dim, bias=False)
         self.score = nn.Linear(attn_dim or dim, 1, bias=False)
 
-    def forward(self, domain: Tensor, nbr: Tensor, mask: Tensor) -> Tensor:
-        """domain [B], nbr [B, K, n] neighbour item vectors, mask [B, K] -> [B, n]."""
+    def forward(self, domain: Tensor, nbr: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        """domain [B]; nbr [B, K, n] neighbour item vectors; keys [B, K, a] their
+        `self.key` projections; mask [B, K] -> user vectors [B, n]."""
         h = self.start(domain)
         has_any = mask.any(1, keepdim=True)
         for _ in range(self.layers):
-            alpha = additive_attention(h, nbr, mask, self.proj, self.score)
-            h = torch.where(has_any, (alpha.unsqueeze(-1) * nbr).sum(1), h)
+            alpha = additive_attention(self.query(h), keys, mask, self.score)
+            h = torch.where(has_any, torch.bmm(alpha.unsqueeze(1), nbr).squeeze(1), h)
         return h
 
 

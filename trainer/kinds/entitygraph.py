@@ -51,11 +51,12 @@ class EntityGraphKind:
         scores = torch.zeros(len(mekbs), width)
         mask = torch.zeros(len(mekbs), width)
         with torch.no_grad():
+            table = model.entity_vectors()
             for i, m in enumerate(mekbs):
                 j = 0
                 for e in m:
                     row = model.entity_row(e.entity_id)
-                    vec = model.entity_table[row] if row is not None else fresh.get(e.entity_id)
+                    vec = table[row] if row is not None else fresh.get(e.entity_id)
                     if vec is None:
                         continue
                     vectors[i, j], scores[i, j], mask[i, j] = vec, float(e.score), 1.0

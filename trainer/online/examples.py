@@ -2,7 +2,8 @@
 
 Only what training, the gate and the refit need is kept: the user's entity titles
 in score order (the text is built per model, `sequence_text` depends on its
-max_tokens), the target item and its domain.
+max_tokens) with their entity ids and MeKBScores (what EntityGraph reads), the target
+item and its domain.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ class Example:
     # Entities of the user's MeKB when the example was made (`titles` may hold only the
     # best of them: the stream worker's MEKB_EXAMPLE_ENTITIES). Not checkpointed.
     mekb_size: int = field(default=0, compare=False)
+    # Aligned with `titles`: the entities' ids and MeKBScores (empty in checkpoints
+    # written before model kinds: such examples give EntityGraph an empty MeKB).
+    entity_ids: tuple[str, ...] = ()
+    scores: tuple[float, ...] = ()
 
     def cut_short(self, max_tokens: int) -> bool:
         """Whether a model of `max_tokens` would read more titles than the example has
@@ -45,13 +50,15 @@ class Example:
     def to_json(self) -> list[Any]:
         """Compact form for checkpoints (the recent windows)."""
         return [self.example_id, self.user_id, self.domain, self.item_id, self.ts,
-                list(self.titles)]
+                list(self.titles), list(self.entity_ids), list(self.scores)]
 
     @classmethod
     def from_json(cls, row: Sequence[Any]) -> Example:
-        eid, user, domain, item, ts, titles = row
+        eid, user, domain, item, ts, titles = row[:6]
+        ids, scores = (row[6], row[7]) if len(row) >= 8 else ((), ())
         return cls(str(eid), str(user), str(domain), str(item), float(ts),
-                   tuple(str(t) for t in titles))
+                   tuple(str(t) for t in titles), 0, tuple(str(e) for e in ids),
+                   tuple(float(x) for x in scores))
 
 
 def parse_example(value: bytes | None) -> Example:
@@ -77,13 +84,18 @@ def parse_example(value: bytes | None) -> Example:
             raise InvalidExample(f"{key} must be a non-empty string")
     if not isinstance(entities, list):
         raise InvalidExample("entities must be a list")
-    titles = []
+    titles, ids_, scores = [], [], []
     for ent in entities[:MAX_TITLES]:
         title = ent.get("title") if isinstance(ent, dict) else None
         if isinstance(title, str) and title:
             titles.append(title)
+            eid = ent.get("id")
+            ids_.append(eid if isinstance(eid, str) and eid else title)
+            score = ent.get("score")
+            scores.append(float(score) if isinstance(score, int | float) and not isinstance(
+                score, bool) and score >= 0 else 0.0)
     size = data.get("mekb_size", len(entities))  # absent before the field existed
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise InvalidExample("mekb_size must be a non-negative integer")
     return Example(ids["example_id"], ids["user_id"], ids["domain"], ids["item_id"], ts,
-                   tuple(titles), size)
+                   tuple(titles), size, tuple(ids_), tuple(scores))

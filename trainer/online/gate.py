@@ -53,10 +53,17 @@ class GateDecision:
     active: Scores | None = None
     active_version: str | None = None
     tolerance: float = 0.0
+    candidate_kind: str | None = None  # model kinds (embedme | entitygraph): the gate
+    active_kind: str | None = None  # compares any two, on the same slice
 
     @property
     def publish(self) -> bool:
         return self.decision != "rejected"
+
+    @property
+    def slice(self) -> int:
+        """Held-out examples both were scored on (0 when the gate did not run)."""
+        return self.candidate.n if self.candidate is not None else 0
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -66,6 +73,9 @@ class GateDecision:
             "active": asdict(self.active) if self.active else None,
             "active_version": self.active_version,
             "tolerance": self.tolerance,
+            "candidate_kind": self.candidate_kind,
+            "active_kind": self.active_kind,
+            "slice": self.slice,
         }
 
 
@@ -132,7 +142,8 @@ def evaluate(scorer: Scorer, evalset: EvalSet) -> Scores:
 
 
 def decide(candidate: Scores, active: Scores, tolerance: float,
-           active_version: str | None = None) -> GateDecision:
+           active_version: str | None = None, kinds: tuple[str | None, str | None] = (None, None),
+           ) -> GateDecision:
     """Publish unless the candidate is worse than the active version beyond tolerance."""
     worse = []
     if candidate.hr10 < active.hr10 - tolerance:
@@ -141,30 +152,33 @@ def decide(candidate: Scores, active: Scores, tolerance: float,
         worse.append(f"NDCG@10 {candidate.ndcg10:.4f} < {active.ndcg10:.4f} - {tolerance}")
     if worse:
         return GateDecision("rejected", "; ".join(worse), candidate, active, active_version,
-                            tolerance)
+                            tolerance, *kinds)
     return GateDecision("published", f"within tolerance {tolerance}", candidate, active,
-                        active_version, tolerance)
+                        active_version, tolerance, *kinds)
 
 
 def run_gate(
     candidate: Scorer, active: Scorer | None, holdout: Sequence[Example], *,
     item_domains: Sequence[str], n_negatives: int, tolerance: float, min_examples: int,
-    active_version: str | None = None,
+    active_version: str | None = None, candidate_kind: str | None = None,
+    active_kind: str | None = None,
 ) -> GateDecision:
     """The whole gate: no active version → initial; too small a slice → skipped."""
+    kinds = (candidate_kind, active_kind)
     if active is None:
         return GateDecision("initial", "no active version", active_version=None,
-                            tolerance=tolerance)
+                            tolerance=tolerance, candidate_kind=candidate_kind)
     evalset = build_eval_set(holdout, candidate.item_ids, item_domains, n_negatives)
     if len(evalset.examples) < max(1, min_examples):
         return GateDecision(
             "skipped", f"held-out slice has {len(evalset.examples)} < {min_examples} examples",
-            active_version=active_version, tolerance=tolerance,
+            active_version=active_version, tolerance=tolerance, candidate_kind=candidate_kind,
+            active_kind=active_kind,
         )
     cand = evaluate(candidate, evalset)
     act = evaluate(active, evalset)
-    decision = decide(cand, act, tolerance, active_version)
-    logger.info("gate: %s (candidate HR@10 %.4f NDCG@10 %.4f, active %s HR@10 %.4f "
-                "NDCG@10 %.4f, n=%d)", decision.decision, cand.hr10, cand.ndcg10,
-                active_version, act.hr10, act.ndcg10, cand.n)
+    decision = decide(cand, act, tolerance, active_version, kinds)
+    logger.info("gate: %s (candidate %s HR@10 %.4f NDCG@10 %.4f, active %s %s HR@10 %.4f "
+                "NDCG@10 %.4f, n=%d)", decision.decision, candidate_kind, cand.hr10,
+                cand.ndcg10, active_kind, active_version, act.hr10, act.ndcg10, cand.n)
     return decision

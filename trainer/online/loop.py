@@ -44,14 +44,9 @@ from trainer.online.checkpoint import Checkpoint, CheckpointStore, TrainerState
 from trainer.online.examples import Example, InvalidExample, parse_example
 from trainer.online.gate import GateDecision, run_gate
 from trainer.online.holdout import RecentWindow, is_held_out
+from trainer.online.kinds import OnlineKind, build_items_bundle, online_kind, trainer_kind
 from trainer.online.metrics import TrainerMetrics
-from trainer.online.publishing import (
-    ItemTableView,
-    build_full_bundle,
-    build_items_bundle,
-    publish,
-    tower_config,
-)
+from trainer.online.publishing import publish
 from trainer.online.refit import initial_table, refit_items
 from trainer.online.scorers import BundleScorer, TorchScorer, TowerCache
 from trainer.optim import make_optimizer
@@ -94,11 +89,14 @@ class OnlineTrainer:
     """State is rebuilt from (model, TrainerState, optimiser state): nothing hidden."""
 
     def __init__(
-        self, settings: Settings, model: EmbedMe, state: TrainerState,
+        self, settings: Settings, model: Any, state: TrainerState,
         optimizer_state: dict[str, Any] | None, store: CheckpointStore, registry: Registry,
         metrics: TrainerMetrics, *, announce: Callable[[ModelVersion], None] | None = None,
+        kind: OnlineKind | None = None,
     ) -> None:
         self.settings = settings
+        # the model kind (trainer/online/kinds.py): model is an EmbedMe or an EntityGraph
+        self.kind = kind or online_kind(trainer_kind(settings), settings)
         self.model = model
         self.state = state
         self.store = store
@@ -106,9 +104,8 @@ class OnlineTrainer:
         self.metrics = metrics
         self.announce = announce
         self.topic = settings.topic("training-examples")
-        if settings.trainer_freeze_layers:
-            model.freeze_lower_layers(settings.trainer_freeze_layers)
-        self.optimizer = build_optimizer(model, settings)
+        self.optimizer = self.kind.optimizer(model)
+        self.batch_size = max(settings.trainer_batch_size, self.kind.min_batch)
         if optimizer_state is not None:
             try:
                 self.optimizer.load_state_dict(optimizer_state)
@@ -141,7 +138,7 @@ class OnlineTrainer:
         """Ingest records, train full micro-batches (the rest when the poll was empty),
         then publish/refit/checkpoint when due. Returns offsets to commit, if any."""
         self.ingest(records)
-        size = self.settings.trainer_batch_size
+        size = self.batch_size
         while len(self.pending) >= size:
             batch, self.pending = self.pending[:size], self.pending[size:]
             self.train_step(batch)
@@ -152,6 +149,8 @@ class OnlineTrainer:
     def ingest(self, records: Sequence[Record]) -> None:
         frac = self.settings.trainer_holdout_fraction
         new_items: dict[str, str] = {}
+        parsed: list[Example] = []
+        max_tokens = getattr(self.model.config, "max_tokens", 0)  # EntityGraph: no cut
         for rec in records:
             self.offsets[f"{self.topic}:{rec.partition}"] = rec.offset + 1
             try:
@@ -161,7 +160,8 @@ class OnlineTrainer:
                 logger.warning("skipping training example at %s:%d@%d: %s", self.topic,
                                rec.partition, rec.offset, exc)
                 continue
-            if ex.cut_short(self.model.config.max_tokens):
+            parsed.append(ex)
+            if max_tokens and ex.cut_short(max_tokens):
                 self.metrics.examples_cut.inc()
                 if not self._warned_cut:
                     self._warned_cut = True
@@ -169,8 +169,7 @@ class OnlineTrainer:
                         "training examples carry %d of the user's %d entities, fewer than "
                         "the %d titles this %d-token model reads: raise MEKB_EXAMPLE_ENTITIES "
                         "on the stream worker (0 = the whole MeKB)", len(ex.titles),
-                        ex.mekb_size, self.model.config.max_tokens // 2,
-                        self.model.config.max_tokens)
+                        ex.mekb_size, max_tokens // 2, max_tokens)
             if not self.model.has_item(ex.item_id):
                 new_items.setdefault(ex.item_id, ex.domain)
             if is_held_out(ex.example_id, frac):
@@ -180,6 +179,11 @@ class OnlineTrainer:
                 self.pending.append(ex)
         if new_items:
             self.add_items(list(new_items), list(new_items.values()))
+        # held-out examples too: the gate scores them with the candidate
+        added = self.kind.prepare(self.model, parsed, self.optimizer)
+        if added:
+            self.metrics.entities_added.inc(added)
+            self.metrics.entities.set(self.model.n_entities)
         self.metrics.holdout.set(len(self.holdout))
 
     def add_items(self, item_ids: list[str], domains: list[str]) -> None:
@@ -193,7 +197,7 @@ class OnlineTrainer:
         logger.info("item table: +%d items (%d)", len(item_ids), self.model.n_items)
 
     def drain(self) -> None:
-        size = self.settings.trainer_batch_size
+        size = self.batch_size
         while self.pending:
             batch, self.pending = self.pending[:size], self.pending[size:]
             self.train_step(batch)
@@ -203,14 +207,7 @@ class OnlineTrainer:
         started = time.perf_counter()
         model = self.model
         model.train()
-        tokens = model.tokenize([e.text(model.config.max_tokens) for e in batch])
-        device = model.item_table.device
-        users = model.encode_users(tokens["input_ids"].to(device),
-                                   tokens["attention_mask"].to(device))
-        masks = torch.stack([model.domain_mask(e.domain) for e in batch])
-        logits = (users @ model.item_table.t()).masked_fill(~masks, float("-inf"))
-        targets = model.item_rows([e.item_id for e in batch]).to(device)
-        loss = torch.nn.functional.cross_entropy(logits, targets)
+        loss = self.kind.loss(model, batch, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
@@ -256,7 +253,8 @@ class OnlineTrainer:
         st.item_ids = list(self.model.item_ids)
         st.item_domains = list(self.model.item_domains)
         st.extra.update(
-            config=self.model.config.to_json(),
+            **self.kind.checkpoint_extra(self.model),
+            model_kind=self.kind.name,
             since_publish=self.since_publish,
             recent=[e.to_json() for e in self.recent],
             holdout=[e.to_json() for e in self.holdout],
@@ -279,7 +277,7 @@ class OnlineTrainer:
         started = time.perf_counter()
         self.drain()
         active = self.registry.active()
-        gate = self._gate(TorchScorer(self.model), active, "full")
+        gate = self._gate(TorchScorer(self.model, self.kind.user_embeddings), active, "full")
         self.since_publish = 0
         self.last_publish_try = now
         if not gate.publish:
@@ -287,7 +285,8 @@ class OnlineTrainer:
             return self.checkpoint_and_offsets()
         version = new_version_id(now)
         self.state.extra["publishing"] = {
-            "version": version, "kind": "full", "parent": self.state.parent_version,
+            "version": version, "kind": "full", "model_kind": self.kind.name,
+            "parent": self.state.parent_version,
             "gate": gate.to_json(), "metrics": self._metrics_json(gate),
         }
         ckpt = self.checkpoint()                       # 1. save weights
@@ -303,9 +302,9 @@ class OnlineTrainer:
         version = str(pub["version"])
         outbox = self.store.root.parent / "outbox" / version
         if not self._published(version):
-            build_full_bundle(self.model, outbox, version=version, parent=pub.get("parent"),
-                              gate=pub["gate"], metrics=pub["metrics"],
-                              offsets=dict(ckpt.state.offsets))
+            self.kind.write_full_bundle(self.model, outbox, version=version,
+                                        parent=pub.get("parent"), gate=pub["gate"],
+                                        metrics=pub["metrics"], offsets=dict(ckpt.state.offsets))
         mv = publish(self.registry, outbox, version=version, kind="full",
                      parent=pub.get("parent"),
                      extra={"trainer": {"checkpoint": ckpt.path.name,
@@ -357,8 +356,14 @@ class OnlineTrainer:
             n_negatives=s.trainer_gate_negatives, tolerance=s.trainer_gate_tolerance,
             min_examples=s.trainer_gate_min_examples,
             active_version=active.version if active else None,
+            candidate_kind=self.kind.name if kind == "full" else
+            (active.model_kind if active else None),
+            active_kind=active.model_kind if active else None,
         )
         self.metrics.gate.labels(gate.decision, kind).inc()
+        self.metrics.gate_slice.set(gate.slice)
+        self.metrics.gate_kinds.info({"candidate": gate.candidate_kind or "",
+                                      "active": gate.active_kind or ""})
         for who, scores in (("candidate", gate.candidate), ("active", gate.active)):
             if scores is not None:
                 self.metrics.gate_score.labels(who, "hr10").set(scores.hr10)
@@ -414,10 +419,9 @@ class OnlineTrainer:
                    "refit_examples": float(result.n_examples)}
         if gate.candidate is not None:
             metrics.update(hr10=gate.candidate.hr10, ndcg10=gate.candidate.ndcg10)
-        view = ItemTableView(tower_config(active.manifest), result.table, ids, domains)
-        build_items_bundle(view, outbox, version=version, parent=tower_version,
-                           tower_dir=active.path, gate=gate.to_json(), metrics=metrics,
-                           offsets=dict(self.offsets))
+        build_items_bundle(active, outbox, table=result.table, item_ids=ids, domains=domains,
+                           version=version, parent=tower_version, gate=gate.to_json(),
+                           metrics=metrics, offsets=dict(self.offsets))
         mv = publish(self.registry, outbox, version=version, kind="items",
                      parent=tower_version, extra={"trainer": {"refit_of": active.version},
                                                   "training_topic_ids": dict(self.state.topic_ids)})

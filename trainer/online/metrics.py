@@ -61,6 +61,18 @@ class TrainerMetrics:
         self.gate_score = Gauge(
             "mekb_trainer_gate_score", "Scores of the last gate run on the held-out slice.",
             ["model", "metric"], registry=registry)
+        self.gate_slice = Gauge(
+            "mekb_trainer_gate_slice_examples", "Held-out examples both models were scored "
+            "on in the last gate run (0: skipped or initial).", registry=registry)
+        self.gate_kinds = Info(
+            "mekb_trainer_gate_model_kinds", "Model kinds of the candidate and the active "
+            "version in the last gate run.", registry=registry)
+        self.entities = Gauge(
+            "mekb_trainer_entities", "Rows of the live EntityGraph model's entity table.",
+            registry=registry)
+        self.entities_added = Counter(
+            "mekb_trainer_entities_added", "Entities given a row (title encoded once) as "
+            "they first appeared in training examples.", registry=registry)
         self.holdout = Gauge(
             "mekb_trainer_holdout_examples", "Held-out examples kept for the gate.",
             registry=registry)

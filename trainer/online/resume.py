@@ -2,11 +2,16 @@
 
 1. its latest checkpoint (`<state>/checkpoints/LATEST`): weights, optimiser, offsets,
    recent windows, a publication in flight;
-2. else the registry's active version (its `embedme/` weights, or its lineage's,
-   trainer/online/publishing.py), resuming the stream at the offsets recorded in that
-   version's manifest (`training_offsets`);
-3. else the pretrained encoder with an empty item table, from the consumer group's
-   committed offsets, else the beginning of the topic.
+2. else the registry's active version if it is of the trainer's model kind (its
+   `embedme/` or `entitygraph/` weights, or its lineage's, trainer/online/kinds.py),
+   resuming the stream at the offsets recorded in that version's manifest
+   (`training_offsets`);
+3. else a fresh model of the kind (the pretrained encoder; EntityGraph: no entity
+   rows yet) with an empty item table, from the consumer group's committed offsets,
+   else the beginning of the topic.
+
+Checkpoints are per kind (`checkpoint_dir`): a trainer restarted with another kind
+does not read the other kind's weights.
 
 Offsets from 1 or 2 recorded under another id of training-examples than the topic's
 now (it was re-created, or the embedded broker restarted: mekb/topics.py) are void:
@@ -27,44 +32,49 @@ from mekb.settings import Settings
 from mekb.topics import rebase_needed
 from trainer.model import EmbedMe, EmbedMeConfig
 from trainer.online.checkpoint import CheckpointStore, TrainerState
-from trainer.online.publishing import load_version
+from trainer.online.kinds import OnlineKind, load_version, online_kind
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Start:
-    model: EmbedMe
+    model: Any  # EmbedMe | EntityGraph
     state: TrainerState
     optimizer_state: dict[str, Any] | None
     source: str  # checkpoint | registry | pretrained
 
 
-def from_checkpoint(store: CheckpointStore) -> Start | None:
+def from_checkpoint(store: CheckpointStore, kind: OnlineKind) -> Start | None:
     ckpt = store.latest()
     if ckpt is None:
         return None
-    config = EmbedMeConfig.from_json(ckpt.state.extra["config"])
-    model = EmbedMe(config, ckpt.state.item_ids, ckpt.state.item_domains)
-    weights = load_file(str(ckpt.model_file))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    bad = [k for k in missing if not k.endswith("position_ids")]
-    if bad or unexpected:
-        raise RuntimeError(f"checkpoint {ckpt.path} does not fit the model: missing {bad[:5]}, "
-                           f"unexpected {unexpected[:5]}")
+    saved_kind = ckpt.state.extra.get("model_kind", "embedme")
+    if saved_kind != kind.name:
+        raise RuntimeError(f"checkpoint {ckpt.path} holds a {saved_kind} model, not "
+                           f"{kind.name}")
+    try:
+        model = kind.restore(ckpt.state, load_file(str(ckpt.model_file)))
+    except RuntimeError as exc:
+        raise RuntimeError(f"checkpoint {ckpt.path}: {exc}") from None
     logger.info("resuming from checkpoint %s (step %d, %d items)", ckpt.path.name,
                 ckpt.state.step, model.n_items)
     return Start(model, ckpt.state, store.load_optimizer(ckpt), "checkpoint")
 
 
-def from_registry(registry: Registry) -> Start | None:
+def from_registry(registry: Registry, kind: OnlineKind) -> Start | None:
     active = registry.active()
     if active is None:
         return None
-    model = load_version(registry, active)
+    if active.model_kind != kind.name:
+        logger.info("active version %s is %s: a fresh %s model starts (its candidates "
+                    "are gated against it)", active.version, active.model_kind, kind.name)
+        return None
+    model = load_version(registry, active, kind)
     if model is None:
-        logger.warning("active version %s carries no trainer weights (embedme/) in its "
-                       "lineage: starting from the pretrained encoder", active.version)
+        logger.warning("active version %s carries no trainer weights (%s/) in its "
+                       "lineage: starting from the pretrained encoder", active.version,
+                       kind.weights_dir)
         return None
     offsets = {str(k): int(v) for k, v in (active.manifest.get("training_offsets") or {}).items()}
     ids = {str(k): str(v) for k, v in (active.manifest.get("training_topic_ids") or {}).items()}
@@ -81,6 +91,11 @@ def pretrained(config: EmbedMeConfig) -> Start:
     return Start(EmbedMe(config), TrainerState(), None, "pretrained")
 
 
+def fresh(kind: OnlineKind) -> Start:
+    logger.info("starting a fresh %s model", kind.name)
+    return Start(kind.pretrained(), TrainerState(), None, "pretrained")
+
+
 def resolve_device(choice: str) -> str:
     import torch
 
@@ -90,8 +105,11 @@ def resolve_device(choice: str) -> str:
 
 
 def load_start(settings: Settings, store: CheckpointStore, registry: Registry,
-               config: EmbedMeConfig) -> Start:
-    start = from_checkpoint(store) or from_registry(registry) or pretrained(config)
+               config: EmbedMeConfig, kind: OnlineKind | None = None) -> Start:
+    """`config`: a fresh EmbedMe's; `kind`: the model kind (default: EmbedMe)."""
+    kind = kind or online_kind("embedme", settings)
+    start = from_checkpoint(store, kind) or from_registry(registry, kind) or (
+        pretrained(config) if kind.name == "embedme" else fresh(kind))
     device = resolve_device(settings.trainer_device)
     if device != "cpu":
         start.model.to(device)

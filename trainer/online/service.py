@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from mekb.kafka_config import aiokafka_config
 from mekb.settings import Settings
-from mekb.topics import topic_ids
+from mekb.topics import new_topic_ids, topic_ids
 from trainer.online.loop import OnlineTrainer, Record
 from trainer.online.resume import rebase_offsets
 
@@ -141,7 +141,16 @@ async def run(settings: Settings, trainer: OnlineTrainer, health: Health,
                     {tp.partition: trainer.offsets.get(_key(topic, tp.partition))
                      for tp in tps})
         max_records = max(64, settings.trainer_batch_size * 4)
+        recreated = _watch(settings, topic, current, stop)
         while not stop.is_set():
+            if recreated.done() and recreated.result():
+                # the topic was re-created under us (the embedded broker restarted):
+                # keep the weights, read the new topic from its start
+                current = recreated.result().get(topic)
+                rebase_offsets(trainer.state, trainer.offsets, topic, current)
+                for tp in tps:
+                    consumer.seek(tp, 0)
+                recreated = _watch(settings, topic, current, stop)
             got = await consumer.getmany(timeout_ms=POLL_MS, max_records=max_records)
             # (records fetched before a skip-ahead below may still arrive: below the
             # position, they are dropped)
@@ -155,10 +164,18 @@ async def run(settings: Settings, trainer: OnlineTrainer, health: Health,
                                                settings.trainer_max_lag_records))
             _sync(health, trainer)
         health.phase = "stopping"
+        recreated.cancel()
         offsets = await asyncio.to_thread(trainer.checkpoint_and_offsets)
         await _commit(consumer, topic, offsets)
     finally:
         await consumer.stop()
+
+
+def _watch(settings: Settings, topic: str, topic_id: str | None,
+           stop: asyncio.Event) -> asyncio.Task[dict[str, str]]:
+    """Done when `topic` has another id than `topic_id` (never if that is unknown)."""
+    known = {topic: topic_id} if topic_id else {}
+    return asyncio.create_task(new_topic_ids(settings, known, stop), name="topic-ids")
 
 
 def bound_lag(consumer: Any, topic: str, tps: list[Any], trainer: OnlineTrainer,

@@ -1,0 +1,400 @@
+"""Model kinds in the continuous trainer: what differs between EmbedMe and EntityGraph.
+
+`OnlineTrainer` (loop.py) is written once against `OnlineKind`; the kind supplies a
+fresh model, its loss on a micro-batch of examples, its user embeddings for the gate,
+its checkpoint payload and its `full` bundle. Looked up by name (`online_kind`), the
+names of mekb/registry.py MODEL_KINDS. One trainer process trains ONE kind
+(MEKB_MODEL_KIND / `mekb trainer --kind`): it is the registry's only writer, and two
+kinds in one process would split its CPU between models of which only one can be
+active; the gate compares its candidates with the active version whatever that
+version's kind (trainer/online/gate.py), so another kind is introduced by running
+its trainer, and `mekb models activate` switches back and forth.
+
+Bundles (docs/contracts.md): every kind ships `user_tower.onnx`, `items.npy`,
+`items.json` and its trainer weights in a directory named after it (`embedme/`,
+`entitygraph/`); EmbedMe adds `tokenizer/`, EntityGraph `entities.npy` +
+`entities.json`. An `items` refit copies the parent's tower files whatever the kind
+(`build_items_bundle`).
+
+EntityGraph's entity vectors: an example naming an entity the model has no row for
+gets one before the step that trains on it (`prepare`, once per poll, batched): the
+title encoder (MEKB_TRAINER_ENCODER, frozen) runs once per entity; the row then lives
+in the model (fine-tuned, checkpointed, exported), so neither a restart nor serving
+runs the encoder for it again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mekb.registry import MANIFEST, ModelVersion, Registry, VersionNotFound, bundle_files, \
+    sha256_file
+from mekb.settings import Settings
+from trainer.model import replace_param_in_optimizer
+from trainer.online.checkpoint import TrainerState
+from trainer.online.examples import Example
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRAINER_KIND = "embedme"  # a bare `mekb trainer` trains what it trained before kinds
+ITEM_FILES = ("items.npy", "items.json")
+# manifest fields of a version itself (not of its user tower): an items version does
+# not inherit them from its parent
+OWN_FIELDS = ("version", "parent", "kind", "created_at", "files", "metrics", "gate",
+              "training_offsets", "trainer", "training_topic_ids", "held", "n_items")
+EMBED_CHUNK = 1024
+
+
+class OnlineKind(Protocol):
+    name: str
+    weights_dir: str  # directory of a full bundle holding the trainer's weights
+    min_batch: int  # examples per step at least (MEKB_TRAINER_BATCH_SIZE if larger)
+
+    def pretrained(self) -> Any: ...
+
+    def checkpoint_extra(self, model: Any) -> dict[str, Any]:
+        """What a checkpoint's state.extra needs to rebuild the model (with its tensors)."""
+        ...
+
+    def restore(self, state: TrainerState, weights: dict[str, Tensor]) -> Any: ...
+
+    def load_dir(self, path: Path) -> Any: ...
+
+    def optimizer(self, model: Any) -> torch.optim.Optimizer: ...
+
+    def prepare(self, model: Any, examples: Sequence[Example],
+                optimizer: torch.optim.Optimizer) -> int:
+        """Everything the model needs before training on / scoring `examples`;
+        returns how many entities were added."""
+        ...
+
+    def loss(self, model: Any, batch: Sequence[Example], generator: torch.Generator) -> Tensor: ...
+
+    def user_embeddings(self, model: Any, examples: Sequence[Example]) -> np.ndarray: ...
+
+    def write_full_bundle(self, model: Any, out_dir: Path, *, version: str,
+                          parent: str | None, gate: dict[str, Any], metrics: dict[str, Any],
+                          offsets: dict[str, int]) -> Path: ...
+
+
+def trainer_kind(settings: Settings) -> str:
+    return settings.model_kind or DEFAULT_TRAINER_KIND
+
+
+def online_kind(name: str, settings: Settings) -> OnlineKind:
+    factory = _KINDS.get(name)
+    if factory is None:
+        raise ValueError(f"unknown model kind {name!r} (known: {', '.join(sorted(_KINDS))})")
+    return factory(settings)
+
+
+def checkpoint_dir(state_root: Path, kind: str) -> Path:
+    """`checkpoints/` for EmbedMe (as before kinds), `checkpoints-<kind>/` otherwise: a
+    trainer restarted with another kind starts that kind's own lineage of checkpoints."""
+    return state_root / ("checkpoints" if kind == DEFAULT_TRAINER_KIND else f"checkpoints-{kind}")
+
+
+def domain_logits(users: Tensor, table: Tensor, domains: Sequence[str],
+                  item_domains: Sequence[str]) -> Tensor:
+    """users @ items, -inf outside each example's domain (full softmax per domain)."""
+    index: dict[str, int] = {}
+    row_dom = torch.tensor([index.setdefault(d, len(index)) for d in item_domains],
+                           dtype=torch.long, device=table.device)
+    ex_dom = torch.tensor([index.get(d, -1) for d in domains], dtype=torch.long,
+                          device=table.device)
+    mask = ex_dom.unsqueeze(1) == row_dom.unsqueeze(0)
+    return (users @ table.t()).masked_fill(~mask, float("-inf"))
+
+
+# --- EmbedMe -------------------------------------------------------------------------
+
+
+class EmbedMeOnline:
+    name = "embedme"
+    weights_dir = "embedme"
+    min_batch = 1
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def pretrained(self) -> Any:
+        from trainer.model import EmbedMe
+        from trainer.online.loop import model_config
+
+        return EmbedMe(model_config(self.settings))
+
+    def checkpoint_extra(self, model: Any) -> dict[str, Any]:
+        return {"config": model.config.to_json()}
+
+    def restore(self, state: TrainerState, weights: dict[str, Tensor]) -> Any:
+        from trainer.model import EmbedMe, EmbedMeConfig
+
+        model = EmbedMe(EmbedMeConfig.from_json(state.extra["config"]), state.item_ids,
+                        state.item_domains)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        bad = [k for k in missing if not k.endswith("position_ids")]
+        if bad or unexpected:
+            raise RuntimeError(f"checkpoint does not fit the model: missing {bad[:5]}, "
+                               f"unexpected {unexpected[:5]}")
+        return model
+
+    def load_dir(self, path: Path) -> Any:
+        from trainer.model import EmbedMe
+
+        return EmbedMe.load(path)
+
+    def optimizer(self, model: Any) -> torch.optim.Optimizer:
+        from trainer.online.loop import build_optimizer
+
+        if self.settings.trainer_freeze_layers:
+            model.freeze_lower_layers(self.settings.trainer_freeze_layers)
+        return build_optimizer(model, self.settings)
+
+    def prepare(self, model: Any, examples: Sequence[Example],
+                optimizer: torch.optim.Optimizer) -> int:
+        return 0
+
+    def loss(self, model: Any, batch: Sequence[Example], generator: torch.Generator) -> Tensor:
+        tokens = model.tokenize([e.text(model.config.max_tokens) for e in batch])
+        device = model.item_table.device
+        users = model.encode_users(tokens["input_ids"].to(device),
+                                   tokens["attention_mask"].to(device))
+        masks = torch.stack([model.domain_mask(e.domain) for e in batch])
+        logits = (users @ model.item_table.t()).masked_fill(~masks, float("-inf"))
+        targets = model.item_rows([e.item_id for e in batch]).to(device)
+        return nn.functional.cross_entropy(logits, targets)
+
+    def user_embeddings(self, model: Any, examples: Sequence[Example]) -> np.ndarray:
+        out = [model.encode_texts([e.text(model.config.max_tokens) for e in
+                                   examples[i:i + 32]]).cpu().float().numpy()
+               for i in range(0, len(examples), 32)]
+        return np.concatenate(out) if out else np.zeros((0, model.config.dim), np.float32)
+
+    def write_full_bundle(self, model: Any, out_dir: Path, *, version: str,
+                          parent: str | None, gate: dict[str, Any], metrics: dict[str, Any],
+                          offsets: dict[str, int]) -> Path:
+        from trainer.online.publishing import build_full_bundle
+
+        return build_full_bundle(model, out_dir, version=version, parent=parent, gate=gate,
+                                 metrics=metrics, offsets=offsets)
+
+
+# --- EntityGraph ---------------------------------------------------------------------
+
+
+class EntityGraphOnline:
+    name = "entitygraph"
+    weights_dir = "entitygraph"
+    # a step costs ~1 ms per 100 examples: small steps would be all Python overhead
+    min_batch = 256
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._vectors: Any = None  # EntityVectorCache, built on the first new entity
+
+    def _cache(self, model: Any) -> Any:
+        from trainer.entitygraph.vectors import EntityVectorCache, TitleEncoder
+
+        if self._vectors is None:
+            encoder = TitleEncoder(model.config.encoder)
+            fp = model.config.encoder_fingerprint
+            if fp is not None and fp != encoder.fingerprint:
+                # the rows the model has were initialised by another encoder; new rows
+                # start in this one's space and are fine-tuned from there
+                logger.warning("title encoder %s is not the one the model's entity vectors "
+                               "came from", model.config.encoder or "(default)")
+            # in memory: the model's entity table is the persistent store of every
+            # vector (checkpointed and exported), so no entity is encoded twice
+            self._vectors = EntityVectorCache(None, encoder)
+        return self._vectors
+
+    def pretrained(self) -> Any:
+        from trainer.entitygraph.model import EntityGraph, EntityGraphConfig
+        from trainer.entitygraph.vectors import EntityVectorCache, TitleEncoder
+
+        s = self.settings
+        encoder = TitleEncoder(s.trainer_encoder)
+        self._vectors = EntityVectorCache(None, encoder)
+        config = EntityGraphConfig(dim=s.trainer_dim, encoder=s.trainer_encoder,
+                                   k_star=s.k_star, encoder_fingerprint=encoder.fingerprint)
+        torch.manual_seed(s.trainer_seed)
+        return EntityGraph(config, encoder.dim)
+
+    def checkpoint_extra(self, model: Any) -> dict[str, Any]:
+        return {"config": {**model.config.to_json(), "vector_dim": model.vector_dim},
+                "entity_ids": list(model.entity_ids)}
+
+    def restore(self, state: TrainerState, weights: dict[str, Tensor]) -> Any:
+        from trainer.entitygraph.model import EntityGraph, EntityGraphConfig
+
+        raw = state.extra["config"]
+        model = EntityGraph(EntityGraphConfig.from_json(raw), int(raw["vector_dim"]))
+        ents = [str(e) for e in state.extra.get("entity_ids", [])]
+        if weights["entity_table"].shape[0] != len(ents) or \
+                weights["item_table"].shape[0] != len(state.item_ids):
+            raise RuntimeError("checkpoint tables do not match its entity/item ids")
+        model.entity_ids, model._erow = ents, {e: i for i, e in enumerate(ents)}
+        model.item_ids = list(state.item_ids)
+        model.item_domains = list(state.item_domains)
+        model._row = {item: i for i, item in enumerate(model.item_ids)}
+        model.item_table = nn.Parameter(torch.empty_like(weights["item_table"]))
+        model.entity_table = nn.Parameter(torch.empty_like(weights["entity_table"]),
+                                          requires_grad=model.config.finetune_entities)
+        model.load_state_dict(weights, strict=True)
+        return model
+
+    def load_dir(self, path: Path) -> Any:
+        from trainer.entitygraph.model import EntityGraph
+
+        return EntityGraph.load(path)
+
+    def optimizer(self, model: Any) -> torch.optim.Optimizer:
+        from trainer.entitygraph.train import EntityGraphTrainConfig, make_optimizer
+
+        return make_optimizer(model, EntityGraphTrainConfig())
+
+    def prepare(self, model: Any, examples: Sequence[Example],
+                optimizer: torch.optim.Optimizer) -> int:
+        new: dict[str, str] = {}
+        for ex in examples:
+            for eid, title in zip(ex.entity_ids, ex.titles, strict=True):
+                if eid not in new and model.entity_row(eid) is None:
+                    new[eid] = title
+        if not new:
+            return 0
+        vectors = self._cache(model).get(list(new), list(new.values()))
+        old = model.entity_table
+        model.add_entities(list(new), vectors)
+        if model.entity_table is not old:
+            replace_param_in_optimizer(optimizer, old, model.entity_table)
+        return len(new)
+
+    @staticmethod
+    def _inputs(model: Any, examples: Sequence[Example]) -> tuple[Tensor, Tensor, Tensor]:
+        """Padded entity rows, scores and mask (entities without a row are left out)."""
+        per = []
+        for ex in examples:
+            pairs = [(r, s) for r, s in ((model.entity_row(e), s) for e, s in
+                                         zip(ex.entity_ids, ex.scores, strict=True))
+                     if r is not None]
+            per.append(pairs)
+        width = max(1, max((len(p) for p in per), default=1))
+        rows = np.zeros((len(per), width), dtype=np.int64)
+        scores = np.zeros((len(per), width), dtype=np.float32)
+        mask = np.zeros((len(per), width), dtype=bool)
+        for i, pairs in enumerate(per):
+            if pairs:
+                rows[i, : len(pairs)] = [r for r, _ in pairs]
+                scores[i, : len(pairs)] = [s for _, s in pairs]
+                mask[i, : len(pairs)] = True
+        return torch.from_numpy(rows), torch.from_numpy(scores), torch.from_numpy(mask)
+
+    def loss(self, model: Any, batch: Sequence[Example], generator: torch.Generator) -> Tensor:
+        rows, scores, mask = self._inputs(model, batch)
+        if model.config.dropout > 0:  # entity dropout, as offline (trainer/entitygraph)
+            mask = mask & (torch.rand(mask.shape, generator=generator) >= model.config.dropout)
+        users = model.encode_rows(rows, scores, mask)
+        logits = domain_logits(users, model.item_table, [e.domain for e in batch],
+                               model.item_domains)
+        targets = model.item_rows([e.item_id for e in batch])
+        return nn.functional.cross_entropy(logits, targets)
+
+    def user_embeddings(self, model: Any, examples: Sequence[Example]) -> np.ndarray:
+        out = []
+        for i in range(0, len(examples), EMBED_CHUNK):
+            rows, scores, mask = self._inputs(model, examples[i:i + EMBED_CHUNK])
+            out.append(model.encode_rows(rows, scores, mask).float().numpy())
+        return np.concatenate(out) if out else np.zeros((0, model.config.dim), np.float32)
+
+    def write_full_bundle(self, model: Any, out_dir: Path, *, version: str,
+                          parent: str | None, gate: dict[str, Any], metrics: dict[str, Any],
+                          offsets: dict[str, int]) -> Path:
+        from trainer.entitygraph.export import write_user_tower
+        from trainer.export import item_arrays
+
+        if out_dir.exists():
+            shutil.rmtree(out_dir)  # a leftover of a crashed attempt: start clean
+        out_dir.mkdir(parents=True)
+        model.save(out_dir / self.weights_dir)
+        fields = write_user_tower(model, out_dir)
+        table, items = item_arrays(model)
+        np.save(out_dir / ITEM_FILES[0], table, allow_pickle=False)
+        (out_dir / ITEM_FILES[1]).write_text(json.dumps(items) + "\n", encoding="utf-8")
+        manifest = {**fields, "version": version, "parent": parent, "kind": "full",
+                    "created_at": time.time(), "metrics": metrics, "gate": gate,
+                    "training_offsets": offsets,
+                    "files": {n: sha256_file(out_dir / n) for n in bundle_files(out_dir)}}
+        (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        return out_dir
+
+
+_KINDS: dict[str, Any] = {"embedme": EmbedMeOnline, "entitygraph": EntityGraphOnline}
+
+
+# --- kind-independent bundle work ---------------------------------------------------
+
+
+def build_items_bundle(tower: ModelVersion, out_dir: Path, *, table: np.ndarray,
+                       item_ids: Sequence[str], domains: Sequence[str], version: str,
+                       parent: str, gate: dict[str, Any], metrics: dict[str, Any],
+                       offsets: dict[str, int]) -> Path:
+    """An `items` version of `tower` (the active version) with a refitted item table: the
+    tower's serving files are copied as they are (whatever its kind: everything but its
+    items and trainer weights), its manifest's tower fields inherited."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    weights = {k.weights_dir for k in (EmbedMeOnline, EntityGraphOnline)}
+    for name in tower.files:
+        if name in ITEM_FILES or name.split("/", 1)[0] in weights:
+            continue
+        (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(tower.path / name, out_dir / name)
+    np.save(out_dir / ITEM_FILES[0], np.ascontiguousarray(table, dtype=np.float32),
+            allow_pickle=False)
+    (out_dir / ITEM_FILES[1]).write_text(json.dumps(
+        {"item_ids": list(item_ids), "domains": list(domains)}) + "\n", encoding="utf-8")
+    manifest = {k: v for k, v in tower.manifest.items() if k not in OWN_FIELDS}
+    manifest.update(version=version, parent=parent, kind="items", created_at=time.time(),
+                    n_items=len(item_ids), metrics=metrics, gate=gate,
+                    training_offsets=offsets,
+                    files={n: sha256_file(out_dir / n) for n in bundle_files(out_dir)})
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def load_version(registry: Registry, mv: ModelVersion, kind: OnlineKind,
+                 max_hops: int = 16) -> Any | None:
+    """The trainer model of a registry version of `kind` (weights of it or of its
+    lineage, with mv's own item table on top); None if no version there carries them."""
+    from trainer.online.publishing import overlay_items
+
+    if mv.model_kind != kind.name:
+        return None
+    current: ModelVersion | None = mv
+    for _ in range(max_hops):
+        if current is None:
+            return None
+        weights = current.path / kind.weights_dir
+        if (weights / "model.safetensors").is_file():
+            model = kind.load_dir(weights)
+            if current.version != mv.version:
+                overlay_items(model, mv.path)
+            return model
+        if not current.parent:
+            return None
+        try:
+            current = registry.get(current.parent)
+        except VersionNotFound:
+            return None
+    return None
