@@ -9,6 +9,8 @@
    (entity id, score) MeKBs (host-side row lookup + gather included), the same graph
    on pre-gathered inputs, PyTorch eager, and the EmbedMe ONNX tower on the same
    users' texts (tokenisation included). Target: EntityGraph ONNX >= 10,000 users/s.
+   The per-entity half of the tower (entity_tower.onnx, once per entity and model
+   version) is timed separately, as entities/s.
 
 Every figure is the median over --repeat interleaved runs.
 
@@ -35,6 +37,7 @@ def _scenario():
 
 
 def bench_training(sc, model, args) -> dict:
+    from trainer.entitygraph.data import Views
     from trainer.entitygraph.train import (
         EntityGraphTrainConfig,
         make_index,
@@ -42,7 +45,6 @@ def bench_training(sc, model, args) -> dict:
         scenario_domains,
         train,
     )
-    from trainer.entitygraph.data import Views
     from trainer.losses import multi_positive_softmax
 
     cfg = EntityGraphTrainConfig(epochs=1, progress=False, checkpoint_every=10**9)
@@ -151,7 +153,7 @@ def bench_users(sc, model, args) -> dict:
         def run_only() -> float:
             t0 = time.perf_counter()
             for v, s, m in gathered:
-                tower.session.run(None, {"entity_vectors": v, "entity_scores": s,
+                tower.session.run(None, {"entity_features": v, "entity_scores": s,
                                          "entity_mask": m})
             return len(users) / (time.perf_counter() - t0)
 
@@ -159,8 +161,17 @@ def bench_users(sc, model, args) -> dict:
             t0 = time.perf_counter()
             with torch.no_grad():
                 for v, s, m in torch_in:
-                    model.encode(v, s, m)
+                    model.encode_features(v, s, m)
             return len(users) / (time.perf_counter() - t0)
+
+        entity_session = ort.InferenceSession(str(Path(tmp) / "entity_tower.onnx"), opts,
+                                              providers=["CPUExecutionProvider"])
+        vecs = model.entity_vectors().detach().numpy()
+
+        def entity_tower() -> float:
+            t0 = time.perf_counter()
+            entity_session.run(None, {"entity_vectors": vecs})
+            return len(vecs) / (time.perf_counter() - t0)
 
         def embedme_onnx() -> float:
             t0 = time.perf_counter()
@@ -170,9 +181,10 @@ def bench_users(sc, model, args) -> dict:
             return len(em_texts) / (time.perf_counter() - t0)
 
         runs: dict[str, list[float]] = {k: [] for k in ("onnx", "onnx_run", "eager",
-                                                         "embedme_onnx")}
-        full(), run_only(), eager(), embedme_onnx()  # warm-up
+                                                         "embedme_onnx", "entities")}
+        full(), run_only(), eager(), embedme_onnx(), entity_tower()  # warm-up
         for _ in range(args.repeat):
+            runs["entities"].append(entity_tower())
             runs["onnx"].append(full())
             runs["onnx_run"].append(run_only())
             runs["eager"].append(eager())
@@ -212,7 +224,8 @@ def main() -> None:
           f"(lookup+gather+run; run alone {u['onnx_run']:,.0f}), PyTorch eager "
           f"{u['eager']:,.0f} users/s, EmbedMe ONNX {u['embedme_onnx']:,.1f} users/s "
           f"(EntityGraph/EmbedMe {u['onnx'] / u['embedme_onnx']:,.0f}x), "
-          f"ONNX/eager {u['onnx'] / u['eager']:.2f}; median of {args.repeat}")
+          f"ONNX/eager {u['onnx'] / u['eager']:.2f}; entity tower (once per entity) "
+          f"{u['entities']:,.0f} entities/s; median of {args.repeat}")
 
 
 if __name__ == "__main__":

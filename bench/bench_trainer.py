@@ -7,8 +7,14 @@
    median ratio is reported (target >= 0.9).
 2. User-tower latency, ONNX Runtime vs PyTorch eager, at batch 1 and 32 (target
    ONNX/eager <= 1.0), medians over repeated calls on the same inputs.
+3. `--continuous`: the continuous trainer's rate (`OnlineTrainer.process`: parsing,
+   hold-out, entity rows, micro-batch steps with each kind's defaults, replay included)
+   in trained examples/s, EntityGraph (issue 16 target >= 5,000/s) vs EmbedMe in the same
+   run, both with the real MiniLM; EntityGraph in steady state (its entities have rows:
+   a first pass over the same entity vocabulary encoded their titles, reported apart).
 
     python bench/bench_trainer.py [--steps 6] [--repeat 3] [--max-tokens 64]
+    python bench/bench_trainer.py --continuous [--repeat 3]
 """
 
 from __future__ import annotations
@@ -118,6 +124,79 @@ def bench_latency(args) -> dict:
     return out
 
 
+def _online_stream(n: int, seed: int, n_entities: int = 4000, per_user: int = 30,
+                   n_items: int = 500) -> list:
+    import json
+    import random
+
+    from trainer.online.loop import Record
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        ents = rng.sample(range(n_entities), per_user)
+        value = {"v": 1, "example_id": f"b{seed}-{i}", "user_id": f"u{i % 997}",
+                 "ts": float(i), "domain": "action", "item_id": f"i{rng.randrange(n_items)}",
+                 "mekb_version": 1, "mekb_size": per_user,
+                 "entities": [{"id": f"kb:e{e}", "title": f"entity {e}",
+                               "score": 1.0 / per_user} for e in ents]}
+        out.append(Record(0, i, json.dumps(value).encode()))
+    return out
+
+
+def _online_trainer(kind: str, tmp: Path):
+    from prometheus_client import CollectorRegistry
+
+    from mekb.registry import Registry
+    from mekb.settings import Settings
+    from trainer.online.checkpoint import CheckpointStore
+    from trainer.online.kinds import checkpoint_dir, online_kind
+    from trainer.online.loop import OnlineTrainer, model_config, state_dir
+    from trainer.online.metrics import TrainerMetrics
+    from trainer.online.resume import load_start
+
+    settings = Settings(data_dir=tmp, model_kind=kind, trainer_max_tokens=64, trainer_dim=64,
+                        trainer_publish_every=0, trainer_publish_interval_s=0,
+                        trainer_refit_interval_s=1e9, trainer_checkpoint_interval_s=1e9,
+                        trainer_holdout_fraction=0.05)
+    k = online_kind(kind, settings)
+    store = CheckpointStore(checkpoint_dir(state_dir(settings), kind))
+    start = load_start(settings, store, Registry(tmp / "registry"), model_config(settings), k)
+    trainer = OnlineTrainer(settings, start.model, start.state, None, store,
+                            Registry(tmp / "registry"), TrainerMetrics(CollectorRegistry()),
+                            kind=k)
+    # the registry already has a version: process() trains only (no publication)
+    trainer.registry.active_version = lambda: "bench"  # type: ignore[method-assign]
+    return trainer
+
+
+def _feed(trainer, stream: list) -> float:
+    poll = max(64, trainer.batch_size * 4)  # what trainer/online/service.py fetches
+    before = trainer.state.examples_seen
+    t0 = time.perf_counter()
+    for i in range(0, len(stream), poll):
+        trainer.process(stream[i:i + poll], now=0.0)
+    trainer.process([], now=0.0)
+    return (trainer.state.examples_seen - before) / (time.perf_counter() - t0)
+
+
+def bench_continuous(args) -> dict:
+    out: dict = {}
+    for kind, n in (("embedme", args.embedme_examples), ("entitygraph", args.eg_examples)):
+        rates, first = [], []
+        for seed in range(args.repeat):
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.manual_seed(seed)
+                trainer = _online_trainer(kind, Path(tmp))
+                if kind == "entitygraph":  # every entity gets its row (title encoded once)
+                    first.append(_feed(trainer, _online_stream(n, seed + 100)))
+                rates.append(_feed(trainer, _online_stream(n, seed)))
+        out[kind] = {"examples_per_s": statistics.median(rates), "examples": n,
+                     "batch": trainer.batch_size, "replay": trainer.replay,
+                     "first_pass_per_s": statistics.median(first) if first else None}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=6)
@@ -128,9 +207,27 @@ def main() -> None:
     p.add_argument("--onnx-tokens", type=int, default=128)
     p.add_argument("--latency-repeat", type=int, default=20)
     p.add_argument("--skip-training", action="store_true")
+    p.add_argument("--continuous", action="store_true",
+                   help="only the continuous trainer: EntityGraph vs EmbedMe")
+    p.add_argument("--embedme-examples", type=int, default=64)
+    p.add_argument("--eg-examples", type=int, default=20000)
     args = p.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     print(f"device: cpu, torch threads {torch.get_num_threads()}")
+    if args.continuous:
+        from mekb.logs import configure_logging
+
+        configure_logging("WARNING", False)
+        c = bench_continuous(args)
+        for kind, r in c.items():
+            extra = (f"; first pass incl. encoding 4000 entity titles "
+                     f"{r['first_pass_per_s']:.0f}/s" if r["first_pass_per_s"] else "")
+            print(f"continuous trainer {kind}: {r['examples_per_s']:.1f} examples/s "
+                  f"(median of {args.repeat}, {r['examples']} examples, batch {r['batch']}, "
+                  f"replay {r['replay']}{extra})")
+        print(f"EntityGraph / EmbedMe: "
+              f"{c['entitygraph']['examples_per_s'] / c['embedme']['examples_per_s']:.0f}x")
+        return
     if not args.skip_training:
         t = bench_training(args)
         print(f"training: trainer {t['trainer_examples_per_s']:.1f} ex/s, bare loop "

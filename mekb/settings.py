@@ -337,10 +337,16 @@ class Settings(BaseSettings):
     trainer_max_tokens: int = Field(
         default=128, ge=8, le=512, description="User sequence length (tokens) of a fresh model."
     )
-    trainer_batch_size: int = Field(
-        default=16, ge=1, le=4096,
+    trainer_batch_size: int | None = Field(
+        default=None, ge=1, le=4096,
         description="Examples per fine-tuning step (a smaller step runs when the stream "
-        "goes idle).",
+        "goes idle). Unset: the model kind's (EmbedMe 16, EntityGraph 256).",
+    )
+    trainer_replay: int | None = Field(
+        default=None, ge=0, le=100,
+        description="Experience replay: after each step on new examples, this many steps on "
+        "as many examples drawn from the recent window (MEKB_TRAINER_RECENT_WINDOW). Unset: "
+        "the model kind's (EmbedMe 0, EntityGraph 3).",
     )
     trainer_optimizer: Literal["lamb", "adamw"] = Field(
         default="adamw",

@@ -8,7 +8,8 @@ computes its user embedding and scores its items with the same version, and an
 in-flight request keeps the old object alive until it finishes.
 
 Loading order (`load_model`): verify every sha256 against the manifest → open the
-kind's encoder (session + tokenizer or entity table) → load items → warm up → compute the cold-start embedding.
+kind's encoder (session + tokenizer or entity table) → load items → warm up → compute
+the cold-start embedding.
 Only a fully loaded and warmed model is ever handed to the swap.
 """
 

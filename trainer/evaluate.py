@@ -100,6 +100,8 @@ METHODS: dict[str, tuple[str, str]] = {
     "multd-kge-gnn": ("MultD KGE+GNN", "trainer.kgrec.scorers:MultDKGEGNN"),
     # both papers joined (trainer/entitygraph)
     "entitygraph": ("EntityGraph", "trainer.entitygraph.scorer:EntityGraphScorer"),
+    "entitygraph-target": ("EntityGraph (target only)",
+                           "trainer.entitygraph.scorer:EntityGraphTargetOnly"),
 }
 
 

@@ -90,8 +90,17 @@ def evaluate(
         saved: dict[str, Any] = {
             k: tuple(v) if isinstance(v, list) else v for k, v in info["scenario"].items()}
         sc = build_scenario(data, ScenarioConfig(**saved))
-        scorer = EmbedMeScorer()
-        scorer.attach(EmbedMe.load(model / "model"), sc)
+        from trainer.kinds import kind_of
+
+        if kind_of(model / "model") == "entitygraph":
+            from trainer.entitygraph.model import EntityGraph
+            from trainer.entitygraph.scorer import EntityGraphScorer
+
+            scorer: Any = EntityGraphScorer()
+            scorer.attach(EntityGraph.load(model / "model"), sc)
+        else:
+            scorer = EmbedMeScorer()
+            scorer.attach(EmbedMe.load(model / "model"), sc)
         result = eval_one(scorer, sc, seed=sc.config.seed, n_negatives=negatives)
         typer.echo(json.dumps(result, indent=2))
         return

@@ -36,7 +36,7 @@ def trainer(
     from prometheus_client import CollectorRegistry
 
     from mekb.metrics_http import serve
-    from mekb.registry import Registry, announce, registry_root
+    from mekb.registry import MODEL_KINDS, Registry, announce, registry_root
     from trainer.model import ModelError
     from trainer.online.checkpoint import CheckpointStore
     from trainer.online.kinds import checkpoint_dir, online_kind, trainer_kind
@@ -44,8 +44,6 @@ def trainer(
     from trainer.online.metrics import TrainerMetrics
     from trainer.online.resume import load_start
     from trainer.online.service import AlreadyRunning, Health, acquire_lock, run
-
-    from mekb.registry import MODEL_KINDS
 
     if kind is not None and kind not in MODEL_KINDS:
         raise CliError(f"unknown model kind {kind!r} (known: {', '.join(MODEL_KINDS)})")

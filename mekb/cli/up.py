@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Trainer cadence of the demo, unless set in the environment: the first version with
-# items (which recommendations need) a minute after the replay starts.
-DEMO_DEFAULTS = {"MEKB_TRAINER_PUBLISH_INTERVAL_S": "60"}
+# items (which recommendations need) a minute after the replay starts. The model kind:
+# EntityGraph trains thousands of examples/s and refreshes an updated user's embedding
+# within milliseconds on a CPU (EmbedMe's transformer: a few examples/s there).
+DEMO_DEFAULTS = {"MEKB_TRAINER_PUBLISH_INTERVAL_S": "60", "MEKB_MODEL_KIND": "entitygraph"}
 
 
 def component_env(bootstrap: str, data_dir: Path, environ: Mapping[str, str],
@@ -41,6 +43,8 @@ def component_env(bootstrap: str, data_dir: Path, environ: Mapping[str, str],
     if settings is not None:
         env.update({f"MEKB_{name.upper()}": str(getattr(settings, name)) for name in PORTS})
     env.update({k: v for k, v in DEMO_DEFAULTS.items() if k not in environ})
+    if settings is not None and settings.model_kind is not None:  # --kind, or the env's
+        env["MEKB_MODEL_KIND"] = settings.model_kind
     return env
 
 
@@ -110,6 +114,11 @@ def up(
         900.0, "--ready-timeout", min=1.0,
         help="Seconds to wait for the first model version to serve embeddings.",
     ),
+    kind: str = typer.Option(
+        None, "--kind", help="Model kind the trainer trains: entitygraph (default: fresh "
+        "embeddings within seconds on a CPU) or embedme (a transformer per user; GPU hosts) "
+        "(MEKB_MODEL_KIND).",
+    ),
 ) -> None:
     """Run the whole system: embedded broker, topics, stream worker, trainer, serving,
     drift monitor (and a local Prometheus when installed), then replay the bundled
@@ -132,13 +141,16 @@ def up(
     from mekb.broker import EmbeddedBroker
     from mekb.components import components, scrape_targets
     from mekb.produce import produce_file
+    from mekb.registry import MODEL_KINDS
     from mekb.sample import write_sample
     from mekb.supervisor import RestartPolicy, Supervisor
     from mekb.topics import create_topics
     from monitoring.local_prometheus import prometheus_binary, prometheus_component
 
+    if kind is not None and kind not in MODEL_KINDS:
+        raise CliError(f"unknown model kind {kind!r} (known: {', '.join(MODEL_KINDS)})")
     base = settings_with(
-        broker_port=broker_port, supervisor_max_restarts=max_restarts,
+        broker_port=broker_port, model_kind=kind, supervisor_max_restarts=max_restarts,
         supervisor_restart_window_s=restart_window, supervisor_backoff_s=backoff,
         **_resolve_ports({"serving_port": serving_port, "worker_port": worker_port,
                           "trainer_port": trainer_port, "monitor_port": monitor_port}),
@@ -161,7 +173,7 @@ def up(
         settings = settings_with(
             bootstrap_servers=broker.bootstrap_servers, broker_flavor="tansu",
             data_dir=data_dir, broker_port=broker.port,
-            **{name: getattr(base, name) for name in (*PORTS, *POLICY)},
+            **{name: getattr(base, name) for name in (*PORTS, *POLICY, "model_kind")},
         )
         env = component_env(broker.bootstrap_servers, data_dir, os.environ, settings)
         policy = RestartPolicy(
@@ -206,7 +218,11 @@ def up(
                 typer.echo(f"replayed {path.name}: {report.summary()}")
             version = _wait_serving_ready(settings, supervisor, stop, ready_timeout)
             if version:
-                typer.echo(_banner(settings, version, log_dir, prom_url, once=once))
+                from mekb.registry import Registry, registry_root
+
+                served = Registry(registry_root(settings)).get(version).model_kind
+                typer.echo(_banner(settings, version, log_dir, prom_url, once=once,
+                                   model_kind=served, trainer_kind=env["MEKB_MODEL_KIND"]))
             while not once and not stop.wait(0.5):
                 supervisor.check()
         finally:
@@ -280,11 +296,13 @@ def _wait_serving_ready(settings: Settings, supervisor: Supervisor, stop: thread
 
 
 def _banner(settings: Settings, version: str, log_dir: Path, prom_url: str | None, *,
-            once: bool) -> str:
+            once: bool, model_kind: str, trainer_kind: str) -> str:
     api = f"http://127.0.0.1:{settings.serving_port}"
     lines = [
         "",
-        f"MeKB-Stream is up; model {version} serves embeddings.",
+        f"MeKB-Stream is up; model {version} ({model_kind}) serves embeddings.",
+        f"  model kind       the trainer trains {trainer_kind} (`mekb up --kind "
+        "entitygraph|embedme`; README \"Model kinds\")",
         f"  user embedding   curl {api}/v1/users/u1/embedding",
         f"  user's MeKB      curl {api}/v1/users/u1/mekb",
         f"  recommendations  curl '{api}/v1/users/u1/recommendations?domain=action&k=10'",

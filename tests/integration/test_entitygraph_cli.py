@@ -1,6 +1,7 @@
 """`mekb train --model entitygraph` as a real process on the synthetic world with the
-real MiniLM title encoder: SIGINT → checkpoint → rerun resumes from it; the trained
-model exports to ONNX and ONNX Runtime agrees with PyTorch."""
+real MiniLM title encoder: SIGINT → checkpoint → rerun resumes from it; `mekb evaluate
+--model` scores the trained model; it exports to ONNX and ONNX Runtime agrees with
+PyTorch."""
 
 from __future__ import annotations
 
@@ -59,6 +60,13 @@ def test_entitygraph_train_sigint_resume_export(tmp_path: Path) -> None:
     assert info["kind"] == "entitygraph"
     assert info["result"]["resumed_from"] == saved["step"]
     assert info["result"]["steps"] == stop_at and info["result"]["examples"] > 0
+
+    evaluated = subprocess.run(
+        _mekb("evaluate", "--dataset", "synthetic:3", "--model", str(out)),
+        env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads(evaluated.stdout)
+    assert 0.0 <= metrics["all"]["HR@10"] <= 1.0 and metrics["all"]["n"] > 0
 
     from trainer.kinds import get_kind, kind_of
 

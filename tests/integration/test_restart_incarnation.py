@@ -33,9 +33,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def broker_run(tmp_path: Path, name: str, **fields: Any) -> Iterator[Settings]:
     """A fresh embedded broker with every topic created, and settings pointing at it."""
     with EmbeddedBroker(log_path=tmp_path / f"{name}.log") as broker:
-        settings = Settings(bootstrap_servers=broker.bootstrap_servers, broker_flavor="tansu",
-                            topic_prefix="r-", partitions=2, data_dir=tmp_path / "data",
-                            **fields)
+        settings = Settings(**{"bootstrap_servers": broker.bootstrap_servers,
+                               "broker_flavor": "tansu", "topic_prefix": "r-", "partitions": 2,
+                               "data_dir": tmp_path / "data", **fields})
         create_topics(settings)
         yield settings
 
@@ -79,7 +79,7 @@ def test_worker_restart_on_a_new_broker_keeps_state_and_applies_new_events(
     alias: Path, tmp_path: Path
 ) -> None:
     # every entity kept (no order-dependent eviction), so the reference is exact
-    fields = {"mekb_max_entities": 100_000, "example_entities": 0}
+    fields: dict[str, Any] = {"mekb_max_entities": 100_000, "example_entities": 0}
     log = generate(n_users=60, n_items=80, n_events=3000, n_entities=120, seed=11,
                    dup_rate=0.10, malformed_rate=0.02, late_rate=0.10)
     pairs = list(zip(log.keys, log.interactions, strict=True))
@@ -152,15 +152,17 @@ def test_worker_follows_a_broker_restart_while_it_runs(alias: Path, tmp_path: Pa
     """What `mekb up` does when the embedded broker crashes: a new, empty broker on the same
     port, topics created again, the worker still running. Its items are not produced
     again: the worker's own item table must come back to item-entities."""
-    fields = {"mekb_max_entities": 100_000, "example_entities": 0}
+    # 4 partitions: Tansu's default, with which a client that reconnects to the new broker
+    # auto-creates its topics before create_topics runs (as under `mekb up`'s defaults)
+    fields: dict[str, Any] = {"mekb_max_entities": 100_000, "example_entities": 0, "partitions": 4}
     log = generate(n_users=30, n_items=40, n_events=1200, n_entities=120, seed=5,
                    dup_rate=0.10)
     pairs = list(zip(log.keys, log.interactions, strict=True))
     cut = len(pairs) // 2
     first = {str(e["event_id"]) for e in records_json(pairs[:cut])}
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
-        s = Settings(bootstrap_servers=broker.bootstrap_servers, broker_flavor="tansu",
-                     topic_prefix="r-", partitions=2, data_dir=tmp_path / "data", **fields)
+        s = Settings(**{"bootstrap_servers": broker.bootstrap_servers, "broker_flavor": "tansu",
+                        "topic_prefix": "r-", "data_dir": tmp_path / "data", **fields})
         create_topics(s)
         ents = linked_entities(s, alias, log.items)
 
@@ -272,6 +274,7 @@ def test_trainer_on_a_new_broker_keeps_weights_and_trains_new_examples(tmp_path:
         examples,
         wait_for,
     )
+    from tests.integration.test_trainer_process import produce_one_per_batch as produce_each
 
     quiet = {"MEKB_TRAINER_PUBLISH_EVERY": "100000", "MEKB_TRAINER_MAX_TOKENS": "16"}
     outcomes = [f'mekb_trainer_examples_total{{outcome="{o}"}}'
@@ -280,11 +283,13 @@ def test_trainer_on_a_new_broker_keeps_weights_and_trains_new_examples(tmp_path:
     def seen(trainer: Trainer) -> float:
         return sum(trainer.metric(name) for name in outcomes)
 
-    with broker_run(tmp_path, "broker1") as s1:
+    # 4 partitions: Tansu's default, with which the running trainer's consumer auto-creates
+    # the topic on the restarted broker before create_topics runs
+    with broker_run(tmp_path, "broker1", partitions=4) as s1:
         trainer = Trainer(s1, tmp_path / "trainer1.log", **quiet)
         try:
             trainer.wait_healthy()
-            produce(s1, "training-examples", examples(0, 16))
+            produce_each(s1, "training-examples", examples(0, 16))
             wait_for(lambda: seen(trainer) == 16, 120, "run 1's examples", trainer)
         finally:
             assert trainer.stop() == 0, trainer.tail()
@@ -298,7 +303,7 @@ def test_trainer_on_a_new_broker_keeps_weights_and_trains_new_examples(tmp_path:
         create_topics(s2)
         # before the trainer starts: its stored offsets lie inside the new topic, so
         # offsets taken for the old topic's would skip most of these 30
-        produce(s2, "training-examples", examples(16, 30))
+        produce_each(s2, "training-examples", examples(16, 30))
         trainer = Trainer(s2, tmp_path / "trainer2.log", **quiet)
         try:
             health = trainer.wait_healthy()
@@ -309,7 +314,7 @@ def test_trainer_on_a_new_broker_keeps_weights_and_trains_new_examples(tmp_path:
             b2.stop()
             b2.start()
             create_topics(s2)
-            produce(s2, "training-examples", examples(100, 8))
+            produce_each(s2, "training-examples", examples(100, 8))
             wait_for(lambda: seen(trainer) == 38, 120, "the examples after the restart",
                      trainer)
         finally:

@@ -79,6 +79,19 @@ def test_larger_prior_moves_weight_to_that_entity() -> None:
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_split_tower_equals_the_whole_tower() -> None:
+    """Per-entity features + per-user pooling (what serving runs) = `encode`."""
+    model = _model()
+    vectors = torch.randn(3, 5, H)
+    scores = torch.rand(3, 5)
+    mask = torch.tensor([[1.0] * 5, [1.0, 1.0, 0.0, 0.0, 0.0], [0.0] * 5])  # one empty
+    with torch.no_grad():
+        whole = model.encode(vectors, scores, mask)
+        feats = model.entity_features(vectors)
+        assert feats.shape == (3, 5, model.feature_dim)
+        assert torch.allclose(model.encode_features(feats, scores, mask), whole, atol=1e-5)
+
+
 def test_empty_mekb_gives_zero_weights_and_a_finite_user() -> None:
     model = _model()
     with torch.no_grad():
@@ -199,9 +212,10 @@ def test_onnx_parity_dynamic_batch_and_length(tmp_path: Path) -> None:
         s = np.full((batch, length), 1.0 / length, np.float32)
         m = np.ones((batch, length), np.float32)
         m[0, length // 2 + 1:] = 0.0
-        out = session.run(None, {"entity_vectors": v, "entity_scores": s, "entity_mask": m})[0]
         with torch.no_grad():
+            f = model.entity_features(torch.from_numpy(v)).numpy()
             ref = model.encode(torch.from_numpy(v), torch.from_numpy(s), torch.from_numpy(m))
+        out = session.run(None, {"entity_features": f, "entity_scores": s, "entity_mask": m})[0]
         assert out.shape == (batch, 4)
         assert np.abs(out - ref.numpy()).max() < 1e-5
 
@@ -229,3 +243,38 @@ def test_kg_tying_save_load_and_onnx(tmp_path: Path) -> None:
     kind = get_kind("entitygraph")
     kind.export_onnx(loaded, tmp_path / "b")
     assert kind.parity(loaded, tmp_path / "b") < 1e-5
+
+
+def test_item_bias_is_one_more_dot_product_dimension(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = EntityGraph(EntityGraphConfig(dim=4, hidden=8, attn_dim=4, item_bias=True), H)
+    model.add_entities(["e0", "e1"], np.eye(2, H, dtype=np.float32))
+    model.add_items(["a", "b"], ["x", "x"])
+    assert model.item_table.shape == (2, 5) and torch.all(model.item_table[:, -1] == 0)
+    with torch.no_grad():
+        model.item_table[:, -1] = torch.tensor([0.5, -0.5])
+        user = model.encode_rows(torch.tensor([[0, 1]]), torch.tensor([[0.5, 0.5]]),
+                                 torch.ones(1, 2))
+        scores = user @ model.item_table.t()
+    assert user.shape == (1, 5) and float(user[0, -1]) == 1.0
+    assert torch.allclose(scores, user[:, :4] @ model.item_table[:, :4].t()
+                          + torch.tensor([[0.5, -0.5]]))
+    kind = get_kind("entitygraph")
+    assert kind.export_onnx(model.eval(), tmp_path)["dim"] == 5
+    assert kind.parity(model, tmp_path) < 1e-5
+
+
+def test_onnx_user_tower_skips_unknown_entities_and_keeps_order(tmp_path: Path) -> None:
+    from trainer.entitygraph.export import OnnxUserTower
+
+    model = _model(n_entities=10)
+    get_kind("entitygraph").export_onnx(model, tmp_path)
+    tower = OnnxUserTower(tmp_path)
+    rows, scores, mask = tower.rows([[("e3", 0.6), ("zz", 0.3), ("e1", 0.1)], [], [("e0", 1.0)]])
+    assert rows.shape == (3, 2) and mask.tolist() == [[1, 1], [0, 0], [1, 0]]
+    assert rows[0].tolist() == [3, 1] and scores[0].tolist() == pytest.approx([0.6, 0.1])
+    assert rows[1].tolist() == [tower.pad_row] * 2
+    mekbs = [[(f"e{j}", 1.0 / (i + 1)) for j in range(i + 1)] for i in range(9)][::-1]
+    together = tower.encode(mekbs, bucket=2)  # groups by size, answers in input order
+    alone = np.concatenate([tower.encode([m]) for m in mekbs])
+    assert np.allclose(together, alone, atol=1e-5)

@@ -172,14 +172,31 @@ def test_service_refreshes_entitygraph_users_in_micro_batches(tmp_path: Path,
                          _record(f"u{n}", 1, [("Apollo", 0.6), ("pasta", 0.4)]))
                 for n in range(600)])
             service.on_applied(result)
-            for _ in range(200):
-                if not service._pending:
+            for _ in range(300):
+                if len(service.cache) == 600:
                     break
                 await asyncio.sleep(0.01)
-            assert len(service.cache) == 600  # all refreshed, none deferred
+            assert len(service.cache) == 600  # all refreshed in micro-batches of 512
+            m = service.metrics
+            assert m.refresh.labels("deferred")._value.get() == 0
+            assert m.refresh.labels("refreshed")._value.get() == 600
             out = await service.embed(loaded, ["u3"])
             assert out[0].cached and out[0].model_version == loaded.version
         finally:
             await service.stop()
 
     asyncio.run(run())
+
+
+def test_up_runs_entitygraph_by_default(tmp_path: Path) -> None:
+    from mekb.cli.up import _banner, component_env
+    from mekb.settings import Settings
+
+    assert component_env("127.0.0.1:9", tmp_path, {})["MEKB_MODEL_KIND"] == "entitygraph"
+    assert "MEKB_MODEL_KIND" not in component_env("127.0.0.1:9", tmp_path,
+                                                  {"MEKB_MODEL_KIND": "embedme"})
+    flag = Settings(data_dir=tmp_path, model_kind="embedme")
+    assert component_env("127.0.0.1:9", tmp_path, {}, flag)["MEKB_MODEL_KIND"] == "embedme"
+    text = _banner(flag, "v1", tmp_path, None, once=True, model_kind="entitygraph",
+                   trainer_kind="entitygraph")
+    assert "model v1 (entitygraph) serves embeddings" in text

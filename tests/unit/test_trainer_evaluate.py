@@ -203,3 +203,28 @@ def test_tuning_on_validation_and_multidomain(tmp_path) -> None:
     again = run_experiment(world, cfg, {"knob": Knob}, (0,), tune_budget=3, out_jsonl=out,
                            protocol="multidomain")
     assert len(again) == 3 and len(out.read_text().splitlines()) == 3
+
+
+def test_cli_multidomain_protocol_and_errors(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mekb.cli.main", "evaluate", *args],
+                              capture_output=True, text=True, timeout=300)
+
+    md = tmp_path / "md.md"
+    ok = cli("--dataset", "synthetic:kg-only", "--protocol", "multidomain", "--methods",
+             "popularity,cmf", "--id-epochs", "2", "--seeds", "0", "--tune-budget", "2",
+             "--markdown", str(md), "--out", str(tmp_path / "md.jsonl"))
+    assert ok.returncode == 0, ok.stderr
+    table = md.read_text()
+    assert "| method | books MRR | books Hit@100 | movies MRR |" in table
+    assert "| CMF |" in table and "- CMF: books seed 0: {" in table
+    for args, needle in ((("--protocol", "nope"), "--protocol"),
+                         (("--methods", "nope"), "unknown method"),
+                         (("--tune-criterion", "HR@10"), "BUCKET:METRIC"),
+                         (("--protocol", "multidomain", "--domains", "books"), "--domains")):
+        bad = cli("--dataset", "synthetic", "--seeds", "0", *args)
+        assert bad.returncode == 1 and bad.stderr.startswith("mekb: error:"), bad.stderr
+        assert needle in bad.stderr and "Traceback" not in bad.stderr

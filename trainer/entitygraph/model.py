@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from trainer.kgrec.transe import TransE
 from trainer.model import ITEM_INIT_STD, ModelError
 
 KIND = "entitygraph"
@@ -49,13 +50,13 @@ NEG = -1e9
 class EntityGraphConfig:
     dim: int = 64  # K (user and item vectors)
     hidden: int = 256  # MLP hidden width
-    attn_dim: int = 64  # additive attention width
+    attn_dim: int = 16  # additive attention width (chosen on validation)
     prior: float = 1.0  # initial β (weight of log MeKBScore); 0 with learn_prior=False: none
     learn_prior: bool = True
     dropout: float = 0.1  # training: each MeKB entity dropped with this probability
-    # the MLP also reads the plain mean of the MeKB's vectors: attention picks the
-    # telling entities, the mean keeps the whole history (collaborative signal)
-    mean_pool: bool = False
+    # a per-item popularity bias, as one more dimension: users end in a constant 1 and
+    # items in their bias, so scores stay plain dot products (serving needs no change)
+    item_bias: bool = False
     # Knowledge-graph tying (0 = off): an entity linked to a KG node gets
     # P·t(node) added to its vector, t a TransE embedding of this width trained on the
     # KG's triples beside the recommendation loss (trainer/kgrec/transe.py), P learnt
@@ -91,20 +92,24 @@ class EntityGraph(nn.Module):
         raw = _inv_softplus(config.prior) if config.prior > 0 else -30.0
         self.prior_raw = nn.Parameter(torch.tensor(float(raw)),
                                       requires_grad=config.learn_prior)
-        width = 2 * vector_dim if config.mean_pool else vector_dim
-        self.mlp = nn.Sequential(nn.Linear(width, config.hidden), nn.GELU(),
+        self.mlp = nn.Sequential(nn.Linear(vector_dim, config.hidden), nn.GELU(),
                                  nn.Linear(config.hidden, config.dim))
         self.entity_table = nn.Parameter(torch.empty(0, vector_dim),
                                          requires_grad=config.finetune_entities)
-        self.item_table = nn.Parameter(torch.empty(0, config.dim))
+        self.item_table = nn.Parameter(torch.empty(0, self.out_dim))
         self.entity_ids: list[str] = []
         self._erow: dict[str, int] = {}
-        self.transe: nn.Module | None = None  # attach_kg()
+        self.transe: TransE | None = None  # attach_kg()
         self.kg_proj: nn.Linear | None = None
         self.register_buffer("entity_kg_row", torch.zeros(0, dtype=torch.long))
         self.item_ids: list[str] = []
         self.item_domains: list[str] = []
         self._row: dict[str, int] = {}
+
+    @property
+    def out_dim(self) -> int:
+        """Width of user and item vectors: K, plus the bias dimension."""
+        return self.config.dim + int(self.config.item_bias)
 
     # ---- user tower -------------------------------------------------------------------
 
@@ -112,24 +117,60 @@ class EntityGraph(nn.Module):
     def prior_weight(self) -> Tensor:
         return nn.functional.softplus(self.prior_raw)
 
-    def attention(self, vectors: Tensor, scores: Tensor, mask: Tensor) -> Tensor:
-        """[B, L] weights: softmax over the unmasked entities (rows sum to 1; an empty
-        MeKB gets all zeros)."""
-        keep = mask.to(vectors.dtype)
-        logit = torch.tanh(self.attn(vectors)) @ self.query
+    def attention_logits(self, vectors: Tensor) -> Tensor:
+        """[..., H] → [...]: qᵀ tanh(W v + b), a function of the entity alone."""
+        return torch.tanh(self.attn(vectors)) @ self.query
+
+    def _weights(self, logit: Tensor, scores: Tensor, mask: Tensor) -> Tensor:
+        keep = mask.to(logit.dtype)
         logit = logit + self.prior_weight * torch.log(scores.clamp(min=MIN_SCORE))
         logit = logit * keep + NEG * (1.0 - keep)
         return torch.softmax(logit, dim=-1) * keep
+
+    def attention(self, vectors: Tensor, scores: Tensor, mask: Tensor) -> Tensor:
+        """[B, L] weights: softmax over the unmasked entities (rows sum to 1; an empty
+        MeKB gets all zeros)."""
+        return self._weights(self.attention_logits(vectors), scores, mask)
+
+    def _finish(self, user: Tensor) -> Tensor:
+        if self.config.item_bias:
+            user = torch.cat([user, torch.ones_like(user[..., :1])], dim=-1)
+        return user
 
     def encode(self, vectors: Tensor, scores: Tensor, mask: Tensor) -> Tensor:
         """vectors [B, L, H], scores [B, L] (MeKBScore), mask [B, L] (1 = entity) → [B, K]."""
         weights = self.attention(vectors, scores, mask)
         pooled = (weights.unsqueeze(-1) * vectors).sum(1)
-        if self.config.mean_pool:
-            keep = mask.to(vectors.dtype).unsqueeze(-1)
-            mean = (keep * vectors).sum(1) / keep.sum(1).clamp(min=1.0)
-            pooled = torch.cat([pooled, mean], dim=-1)
-        return self.mlp(pooled)
+        return self._finish(self.mlp(pooled))
+
+    # Serving splits the tower at its first linear layer. Everything up to it depends on
+    # one entity alone, so it is computed once per entity and model version
+    # (`entity_features`: the attention logit and W1·v, no bias); per user only the
+    # softmax, a weighted sum of `hidden`-wide rows and the rest of the MLP remain
+    # (`encode_features`). Since the weights sum to 1, Σ a_j (W1 v_j) + b1 = W1 (Σ a_j
+    # v_j) + b1: the same user as `encode` (for an empty MeKB both pool to 0 before b1).
+
+    def entity_features(self, vectors: Tensor) -> Tensor:
+        """[..., H] → [..., 1 + hidden]: attention logit, then W1·v."""
+        first = self.mlp[0]
+        assert isinstance(first, nn.Linear)
+        return torch.cat([self.attention_logits(vectors).unsqueeze(-1),
+                          vectors @ first.weight.t()], dim=-1)
+
+    def encode_features(self, features: Tensor, scores: Tensor, mask: Tensor) -> Tensor:
+        """`encode` from `entity_features` rows [B, L, 1 + hidden]."""
+        weights = self._weights(features[..., 0], scores, mask)
+        first = self.mlp[0]
+        assert isinstance(first, nn.Linear)
+        # one batched matmul over whole rows, then drop the logit column: slicing the
+        # [B, L, F] input first would copy it
+        pooled = torch.bmm(weights.unsqueeze(1), features).squeeze(1)
+        hidden = pooled[:, 1:] + first.bias
+        return self._finish(self.mlp[2](self.mlp[1](hidden)))
+
+    @property
+    def feature_dim(self) -> int:
+        return 1 + self.config.hidden
 
     def encode_rows(self, rows: Tensor, scores: Tensor, mask: Tensor) -> Tensor:
         """`encode` with entity-table rows [B, L] (training: the table gets gradients)."""
@@ -149,8 +190,6 @@ class EntityGraph(nn.Module):
     def attach_kg(self, n_kg_entities: int, n_relations: int,
                   kg_row: dict[str, int]) -> None:
         """Tie entities to a knowledge graph: `kg_row` maps entity ids to KG node rows."""
-        from trainer.kgrec.transe import TransE
-
         dim = self.config.kg_dim
         self.transe = TransE(n_kg_entities, n_relations, dim)
         self.kg_proj = nn.Linear(dim, self.vector_dim, bias=False)
@@ -170,11 +209,14 @@ class EntityGraph(nn.Module):
         if vecs.shape != (len(entity_ids), self.vector_dim):
             raise ValueError(f"vectors {tuple(vecs.shape)} for {len(entity_ids)} entities "
                              f"of dim {self.vector_dim}")
-        new = [i for i, e in enumerate(entity_ids) if e not in self._erow]
+        new: list[int] = []
+        seen: set[str] = set()
+        for i, e in enumerate(entity_ids):
+            if e not in self._erow and e not in seen:
+                seen.add(e)
+                new.append(i)
         if not new:
             return
-        seen: set[str] = set()
-        new = [i for i in new if not (entity_ids[i] in seen or seen.add(entity_ids[i]))]
         old = self.entity_table.data
         self.entity_table = nn.Parameter(
             torch.cat([old, vecs[new].to(old.device, old.dtype)]),
@@ -199,7 +241,9 @@ class EntityGraph(nn.Module):
     def add_items(self, item_ids: Sequence[str], domains: Sequence[str]) -> list[int]:
         if len(item_ids) != len(domains):
             raise ValueError("item_ids and domains must have the same length")
-        rows, new_ids, new_domains = [], [], []
+        rows: list[int] = []
+        new_ids: list[str] = []
+        new_domains: list[str] = []
         pending: dict[str, int] = {}
         for item, domain in zip(item_ids, domains, strict=True):
             item = str(item)
@@ -211,8 +255,10 @@ class EntityGraph(nn.Module):
             rows.append(row)
         if new_ids:
             old = self.item_table.data
-            fresh = torch.randn(len(new_ids), self.config.dim, dtype=old.dtype,
+            fresh = torch.randn(len(new_ids), self.out_dim, dtype=old.dtype,
                                 device=old.device) * ITEM_INIT_STD
+            if self.config.item_bias:
+                fresh[:, -1] = 0.0
             self.item_table = nn.Parameter(torch.cat([old, fresh]))
             for item, domain in zip(new_ids, new_domains, strict=True):
                 self._row[item] = len(self.item_ids)

@@ -64,8 +64,9 @@ class TitleEncoder:
         self.module = module.eval()
         self.tokenizer = tokenizer
         self.batch = batch
-        self.dim = int(module.config.hidden_size)
-        self.fingerprint = module_fingerprint(module, module.config)
+        hf_config: Any = module.config  # a Hugging Face PretrainedConfig
+        self.dim = int(hf_config.hidden_size)
+        self.fingerprint = module_fingerprint(module, hf_config)
         self.calls = 0  # titles encoded (tests and logs: how much the cache saved)
 
     @torch.no_grad()

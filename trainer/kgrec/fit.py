@@ -50,11 +50,21 @@ def sample_negatives(pos: torch.Tensor, domain: torch.Tensor, index: Indexed, m:
 
 
 def fit(model: KGRec, index: Indexed, seed: int) -> FitResult:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(model.cfg.threads)
+    try:
+        return _fit(model, index, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(model: KGRec, index: Indexed, seed: int) -> FitResult:
     cfg = model.cfg
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     edges = index.edges
-    has_kg = cfg.kge and index.triples is not None and len(index.triples) > 0
+    triples = index.triples if cfg.kge and index.triples is not None else torch.zeros(0, 3)
+    has_kg = len(triples) > 0
     result = FitResult()
     model.train()
     t0 = time.perf_counter()
@@ -72,9 +82,8 @@ def fit(model: KGRec, index: Indexed, seed: int) -> FitResult:
             else:
                 loss = margin_ranking_loss(scores[:, 0], scores[:, 1:], cfg.margin)
             if has_kg:
-                pick = torch.randint(len(index.triples), (cfg.kg_batch,), generator=gen)
-                loss = loss + cfg.kg_weight * model.transe.loss(
-                    index.triples[pick], cfg.kg_margin, gen)
+                pick = torch.randint(len(triples), (cfg.kg_batch,), generator=gen)
+                loss = loss + cfg.kg_weight * model.transe.loss(triples[pick], cfg.kg_margin, gen)
             opt.zero_grad()
             loss.backward()
             opt.step()

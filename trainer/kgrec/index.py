@@ -69,7 +69,8 @@ class Indexed:
                 if ents:
                     links[r, : len(ents)] = torch.as_tensor(ents, dtype=torch.long)
                     linked += 1
-            triples = torch.as_tensor(np.asarray(kg.triples, np.int64).reshape(-1, 3))
+            # a copy: the graph's array is read-only
+            triples = torch.tensor(np.asarray(kg.triples, np.int64).reshape(-1, 3))
             logger.info("kgrec: %d/%d items linked to the KG (%d entities, %d relations, "
                         "%d triples)", linked, len(items), n_ent, n_rel, len(triples))
         target = scenario.target_items()

@@ -15,6 +15,7 @@ class KGItemEncoder(nn.Module):
         """links [n_items, L]: entity rows per item, padded with `transe.n_entities`."""
         super().__init__()
         self.transe = transe
+        self.links: Tensor
         self.register_buffer("links", links, persistent=False)
         self.mlp = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Linear(dim, dim))
 

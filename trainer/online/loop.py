@@ -105,7 +105,9 @@ class OnlineTrainer:
         self.announce = announce
         self.topic = settings.topic("training-examples")
         self.optimizer = self.kind.optimizer(model)
-        self.batch_size = max(settings.trainer_batch_size, self.kind.min_batch)
+        self.batch_size = settings.trainer_batch_size or self.kind.default_batch
+        self.replay = settings.trainer_replay if settings.trainer_replay is not None \
+            else self.kind.default_replay
         if optimizer_state is not None:
             try:
                 self.optimizer.load_state_dict(optimizer_state)
@@ -207,14 +209,10 @@ class OnlineTrainer:
         started = time.perf_counter()
         model = self.model
         model.train()
-        loss = self.kind.loss(model, batch, self.generator)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-        self.optimizer.step()
+        value = self._step(batch)
         for ex in batch:
             self.recent.add(ex)
-        value = float(loss.detach())
+        self._replay(len(batch))
         self.state.step += 1
         self.state.examples_seen += len(batch)
         self.since_publish += len(batch)
@@ -224,6 +222,28 @@ class OnlineTrainer:
         self.metrics.examples.labels("trained").inc(len(batch))
         self.metrics.step_seconds.observe(time.perf_counter() - started)
         return value
+
+    def _step(self, batch: Sequence[Example]) -> float:
+        loss = self.kind.loss(self.model, batch, self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def _replay(self, size: int) -> None:
+        """Experience replay: after each step on new examples, `replay` steps on as many
+        examples drawn from the recent window (trained already, never held out). A
+        stream shows each example once; a model whose step costs milliseconds
+        (EntityGraph) affords several passes over the recent stream that way."""
+        rounds = self.replay
+        if not rounds or len(self.recent) < size:
+            return
+        window = list(self.recent)
+        rows = torch.randint(len(window), (rounds, size), generator=self.generator)
+        for r in range(rounds):
+            self._step([window[int(i)] for i in rows[r]])
+            self.metrics.examples.labels("replayed").inc(size)
 
     # --- schedule ------------------------------------------------------------------
     def housekeeping(self, now: float) -> dict[str, int] | None:

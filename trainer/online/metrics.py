@@ -15,7 +15,8 @@ class TrainerMetrics:
         self._item_tower_at = 0.0
         self.examples = Counter(
             "mekb_trainer_examples", "Training-examples records consumed, by outcome "
-            "(trained, held_out, invalid; skipped: passed over by MEKB_TRAINER_MAX_LAG_RECORDS).",
+            "(trained, held_out, invalid; skipped: passed over by MEKB_TRAINER_MAX_LAG_RECORDS; "
+            "replayed: trained again by MEKB_TRAINER_REPLAY).",
             ["outcome"], registry=registry)
         self.examples_cut = Counter(
             "mekb_trainer_examples_cut",

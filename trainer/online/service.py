@@ -140,7 +140,7 @@ async def run(settings: Settings, trainer: OnlineTrainer, health: Health,
         logger.info("trainer consuming %s partitions %s from %s", topic, parts,
                     {tp.partition: trainer.offsets.get(_key(topic, tp.partition))
                      for tp in tps})
-        max_records = max(64, settings.trainer_batch_size * 4)
+        max_records = max(64, trainer.batch_size * 4)
         recreated = _watch(settings, topic, current, stop)
         while not stop.is_set():
             if recreated.done() and recreated.result():
