@@ -224,7 +224,7 @@ def main() -> None:
           f"(lookup+gather+run; run alone {u['onnx_run']:,.0f}), PyTorch eager "
           f"{u['eager']:,.0f} users/s, EmbedMe ONNX {u['embedme_onnx']:,.1f} users/s "
           f"(EntityGraph/EmbedMe {u['onnx'] / u['embedme_onnx']:,.0f}x), "
-          f"ONNX/eager {u['onnx'] / u['eager']:.2f}; entity tower (once per entity) "
+          f"ONNX run/eager {u['onnx_run'] / u['eager']:.2f}; entity tower (once per entity) "
           f"{u['entities']:,.0f} entities/s; median of {args.repeat}")
 
 

@@ -101,3 +101,34 @@ def write_sample(out_dir: Path, *, limit: int | None = None) -> tuple[Path, Path
                 "ts": float(r["timestamp"]),
             }) + "\n")
     return items_path, inter_path
+
+
+REPLAYED = "replayed.json"  # beside interactions.jsonl: how many of its lines were sent
+
+
+def unreplayed(interactions: Path) -> Path:
+    """The ratings of the time-ordered sample not yet replayed into this data directory
+    (all of them the first time): a second `mekb up` with the same or a smaller --limit
+    sends no rating again, a larger one only the newer ratings. (Re-sending them would
+    be dropped by event_id only within the per-user dedupe window: a user with more
+    ratings than that would have older ones counted twice.)"""
+    try:
+        done = int(json.loads((interactions.parent / REPLAYED).read_text())["lines"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return interactions
+    lines = interactions.read_text(encoding="utf-8").splitlines(keepends=True)
+    tail = interactions.with_name("interactions.new.jsonl")
+    tail.write_text("".join(lines[done:]), encoding="utf-8")
+    return tail
+
+
+def mark_replayed(interactions: Path) -> None:
+    """Record that every line of `interactions` (the whole sample file) has been sent."""
+    marker = interactions.parent / REPLAYED
+    try:
+        done = int(json.loads(marker.read_text())["lines"])
+    except (OSError, ValueError, KeyError, TypeError):
+        done = 0
+    with open(interactions, encoding="utf-8") as fh:
+        lines = sum(1 for _ in fh)
+    marker.write_text(json.dumps({"lines": max(done, lines)}))

@@ -193,8 +193,9 @@ class OnnxEncoder:
 
 
 class EntityGraphEncoder:
-    """MeKB entities -> user embedding: the bundle's entity vectors (entities.npy, last
-    row = zeros for padding) gathered on the host, the attention tower in ONNX Runtime.
+    """MeKB entities -> user embedding: the bundle's per-entity rows (entities.npy: each
+    entity's features, computed once per version at export; last row = zeros for
+    padding) gathered on the host, the per-user attention tower in ONNX Runtime.
 
     An entity the version's table has no row for (it appeared after the version was
     exported) is SKIPPED: it cannot be embedded without the title encoder, which serving
@@ -218,6 +219,8 @@ class EntityGraphEncoder:
                              f"{len(ids)} entities + the padding row")
         self.row = {str(e): i for i, e in enumerate(ids)}
         self.pad = len(ids)
+        # inputs: [the gathered rows, MeKBScores, mask] (trainer/entitygraph/export.py)
+        self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
         last = self.session.get_outputs()[0].shape[-1]
         self.dim = int(last) if isinstance(last, int) else 0
@@ -237,8 +240,8 @@ class EntityGraphEncoder:
         return np.asarray(rows, dtype=np.int64), np.asarray(scores, dtype=np.float32)
 
     def run(self, rows: np.ndarray, scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        out = self.session.run([self.output_name], {
-            "entity_vectors": self.table[rows], "entity_scores": scores, "entity_mask": mask})[0]
+        feeds = dict(zip(self.input_names, (self.table[rows], scores, mask), strict=True))
+        out = self.session.run([self.output_name], feeds)[0]
         return np.asarray(out, dtype=np.float32)
 
     def encode(self, inputs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, float]:

@@ -45,7 +45,7 @@ def tower_key(manifest: dict[str, Any]) -> str:
     if kind is not None:  # absent = EmbedMe: keys of pre-kind bundles stay as they were
         parts.append(f"model_kind={kind}")
     parts += [f"{n}={d}" for n, d in sorted(files.items())
-              if n in ("user_tower.onnx", "entities.npy", "entities.json")
+              if n in ("user_tower.onnx", "entity_tower.onnx", "entities.npy", "entities.json")
               or n.startswith("tokenizer/")]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 

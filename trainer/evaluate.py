@@ -343,8 +343,9 @@ def aggregate(records: Sequence[RunRecord]) -> Agg:
 
 
 def markdown_tables(records: Sequence[RunRecord], metric_pair: tuple[str, str] = (
-        "HR@10", "NDCG@10")) -> str:
-    """Table 1 layout (overall) and Table 5 layout (per bucket), mean ± std."""
+        "HR@10", "NDCG@10"), *, tuned: bool = True) -> str:
+    """Table 1 layout (overall) and Table 5 layout (per bucket), mean ± std; `tuned`:
+    list the configurations chosen on validation below."""
     agg = aggregate(records)
     seeds = sorted({r.seed for r in records})
     methods = list(dict.fromkeys(r.method for r in records))
@@ -370,11 +371,11 @@ def markdown_tables(records: Sequence[RunRecord], metric_pair: tuple[str, str] =
             cells += [_fmt(v.get(a)), _fmt(v.get(b))]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "Test records per bucket (mean over seeds): " + ", ".join(counts)]
-    return "\n".join(lines + _tuned_lines(records))
+    return "\n".join(lines + (_tuned_lines(records) if tuned else []))
 
 
 def markdown_multidomain(records: Sequence[RunRecord], metric_pair: tuple[str, str] = (
-        "MRR", "Hit@100"), bucket: str = "zero-shot") -> str:
+        "MRR", "Hit@100"), bucket: str = "zero-shot", *, tuned: bool = True) -> str:
     """The second paper's layout: one column pair per target domain (+ their mean),
     `bucket` users of that domain, mean ± std over seeds."""
     a, b = metric_pair
@@ -403,7 +404,7 @@ def markdown_multidomain(records: Sequence[RunRecord], metric_pair: tuple[str, s
         n = next(iter(by_domain[d].values()), {}).get(bucket, {}).get("n")
         counts.append(f"{d}: {n[0]:.0f}" if n else f"{d}: 0")
     lines += ["", f"Test records of {bucket} users (mean over seeds): " + ", ".join(counts)]
-    return "\n".join(lines + _tuned_lines(records))
+    return "\n".join(lines + (_tuned_lines(records) if tuned else []))
 
 
 def _tuned_lines(records: Sequence[RunRecord]) -> list[str]:

@@ -92,11 +92,15 @@ def evaluate(
         sc = build_scenario(data, ScenarioConfig(**saved))
         from trainer.kinds import kind_of
 
-        if kind_of(model / "model") == "entitygraph":
+        if info.get("kind") == "kgrec":  # a second-paper model: `mekb train --model kge` ...
+            from trainer.kgrec.scorers import KGRecScorer
+
+            scorer: Any = KGRecScorer.load(model / "model", sc)
+        elif kind_of(model / "model") == "entitygraph":
             from trainer.entitygraph.model import EntityGraph
             from trainer.entitygraph.scorer import EntityGraphScorer
 
-            scorer: Any = EntityGraphScorer()
+            scorer = EntityGraphScorer()
             scorer.attach(EntityGraph.load(model / "model"), sc)
         else:
             scorer = EmbedMeScorer()
@@ -134,12 +138,12 @@ def evaluate(
     if not records:
         raise CliError("no run finished")
     if protocol == "multidomain":
-        tables = [markdown_multidomain(records),
-                  markdown_multidomain(records, ("HR@10", "NDCG@10")),
+        tables = [markdown_multidomain(records, tuned=False),
+                  markdown_multidomain(records, ("HR@10", "NDCG@10"), tuned=False),
                   markdown_multidomain(records, bucket="all")]
     else:
-        tables = [markdown_tables(records),
-                  "Filtered full ranking\n\n" + markdown_tables(records, ("MRR", "Hit@100"))]
+        tables = [markdown_tables(records, tuned=False), "Filtered full ranking\n\n"
+                  + markdown_tables(records, ("MRR", "Hit@100"))]
     table = "\n\n".join(tables)
     if markdown is not None:
         markdown.write_text(table + "\n")

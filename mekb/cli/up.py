@@ -142,7 +142,7 @@ def up(
     from mekb.components import components, scrape_targets
     from mekb.produce import produce_file
     from mekb.registry import MODEL_KINDS
-    from mekb.sample import write_sample
+    from mekb.sample import mark_replayed, unreplayed, write_sample
     from mekb.supervisor import RestartPolicy, Supervisor
     from mekb.topics import create_topics
     from monitoring.local_prometheus import prometheus_binary, prometheus_component
@@ -210,12 +210,16 @@ def up(
                 prom_url = f"http://127.0.0.1:{prometheus_port}"
             supervisor.wait_healthy(timeout_s=300.0, stop=stop)
             items, interactions = write_sample(data_dir / "sample", limit=limit)
-            for path in (items, interactions):
+            # items every time (the embedded broker forgets them), ratings once per data
+            # directory (the state keeps them: README, restarting on the same data dir)
+            for path in (items, unreplayed(interactions)):
                 if stop.is_set():
                     break
-                report = produce_file(settings, path, rate=rate if path == interactions else 0.0,
+                report = produce_file(settings, path, rate=rate if path != items else 0.0,
                                       progress=tty)
                 typer.echo(f"replayed {path.name}: {report.summary()}")
+                if path != items and not stop.is_set():
+                    mark_replayed(interactions)
             version = _wait_serving_ready(settings, supervisor, stop, ready_timeout)
             if version:
                 from mekb.registry import Registry, registry_root

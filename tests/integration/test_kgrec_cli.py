@@ -1,6 +1,6 @@
-"""`mekb train --model <second-paper model>` as a real process on the synthetic world
-with its knowledge graph: the saved model reloads and scores its own scenario; a KGE
-model on a dataset without a graph is a one-line error."""
+"""`mekb train --model <second-paper model>` and `mekb evaluate --model DIR` as real
+processes on the synthetic world with its knowledge graph: the saved model reloads and
+scores its own scenario; a KGE model on a dataset without a graph is a one-line error."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 
 from trainer.data.scenario import ScenarioConfig, build_scenario
 from trainer.data.specs import load_dataset
+from trainer.evaluate import evaluate
 from trainer.kgrec.scorers import KGRecScorer
 
 pytestmark = pytest.mark.integration
@@ -22,14 +23,14 @@ pytestmark = pytest.mark.integration
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEKB_")}
-    return subprocess.run([sys.executable, "-m", "mekb.cli.main", "train", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "mekb.cli.main", *args], env=env,
                           capture_output=True, text=True, timeout=300)
 
 
 def test_train_kgrec_model_and_reload(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    done = _run("--model", "multd-kge-gnn", "--dataset", "synthetic:1:kg", "--out", str(out),
-                "--epochs", "2", "--dim", "16", "--seed", "1")
+    done = _run("train", "--model", "multd-kge-gnn", "--dataset", "synthetic:1:kg",
+                "--out", str(out), "--epochs", "2", "--dim", "16", "--seed", "1")
     assert done.returncode == 0, done.stderr
     assert "examples/s" in done.stdout
     info = json.loads((out / "train.json").read_text())
@@ -41,10 +42,14 @@ def test_train_kgrec_model_and_reload(tmp_path: Path) -> None:
     users = sorted({r.user_id for r in sc.test})
     scores = scorer.score(users)
     assert scores.shape == (len(users), len(sc.target_items())) and np.isfinite(scores).all()
+    shown = _run("evaluate", "--dataset", "synthetic:1:kg", "--model", str(out))
+    assert shown.returncode == 0, shown.stderr
+    metrics = json.loads(shown.stdout)
+    assert metrics["all"] == pytest.approx(evaluate(scorer, sc, seed=1)["all"])
 
 
 def test_kge_without_knowledge_graph_is_a_one_line_error(tmp_path: Path) -> None:
-    done = _run("--model", "kge", "--dataset", "synthetic:1", "--out", str(tmp_path / "x"),
+    done = _run("train", "--model", "kge", "--dataset", "synthetic:1", "--out", str(tmp_path / "x"),
                 "--epochs", "1")
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1].startswith("mekb: error: KGE needs a knowledge")

@@ -71,10 +71,10 @@ def test_kge_beats_base_for_zero_shot_users(seed: int) -> None:
     hr = {}
     for cls in (Base, KGE):
         # small initial ID vectors: the entity half of eq. 5 speaks first
-        scorer = cls(epochs=40, batch=256, init_std=0.01)
+        scorer = cls(epochs=40, batch=128, init_std=0.01)
         scorer.fit(sc, seed)
         hr[cls.name] = evaluate(scorer, sc, seed=seed)["zero-shot"]["HR@10"]
     # a random ranking of 192 items hits ~10/192 = 0.05; ranking the user's topic first
-    # (24 items, 6 positives) hits ~10/19 = 0.53. Measured: Base 0.05 / 0.03, KGE
-    # 0.15 / 0.17 (seeds 0 / 1)
-    assert hr["KGE"] > 2 * hr["Base"] and hr["KGE"] > hr["Base"] + 0.07, hr
+    # (24 items, 6 positives) hits ~10/19 = 0.53. Measured: Base 0.05 / 0.05, KGE
+    # 0.24 / 0.28 (seeds 0 / 1)
+    assert hr["KGE"] > 3 * hr["Base"] and hr["KGE"] > hr["Base"] + 0.1, hr

@@ -329,9 +329,10 @@ def test_trainer_on_a_new_broker_keeps_weights_and_trains_new_examples(tmp_path:
 
 # --- the whole system: `mekb up` twice on one data directory ------------------------------
 def test_mekb_up_twice_on_one_data_dir_applies_the_second_runs_events(tmp_path: Path) -> None:
-    """Run 1 replays the first 300 ratings and stops; run 2 (a new embedded broker)
-    replays the first 600: the 300 it had are duplicates by event_id, the 300 new ones
-    are applied, and the served MeKBs equal an independent computation over all 600."""
+    """Run 1 replays the first 300 ratings and stops; run 2 (a new embedded broker, the
+    items replayed again) replays the ratings up to the 600th it has not sent yet: they
+    are applied, and the served MeKBs (new users' too) equal an independent computation
+    over all 600, with the default dedupe window."""
     import signal
     import subprocess
     import sys
@@ -355,8 +356,8 @@ def test_mekb_up_twice_on_one_data_dir_applies_the_second_runs_events(tmp_path: 
         MEKB_WORKER_PORT=ports["worker"], MEKB_TRAINER_PORT=ports["trainer"],
         MEKB_SERVING_PORT=ports["serving"], MEKB_MONITOR_PORT=ports["monitor"],
         MEKB_TRAINER_MAX_TOKENS=16, MEKB_TRAINER_DIM=32,
-        # the replayed prefix is re-sent by run 2: every event stays in the window
-        MEKB_DEDUPE_WINDOW=100_000,
+        # the model kind is not what this test is about (test_up covers mekb up's default)
+        MEKB_MODEL_KIND="embedme",
     )
     argv = [sys.executable, "-m", "mekb.cli.main", "up", "--rate", "0", "--no-prometheus"]
     first = subprocess.run([*argv, "--limit", "300", "--once"], env=env, capture_output=True,
@@ -364,6 +365,8 @@ def test_mekb_up_twice_on_one_data_dir_applies_the_second_runs_events(tmp_path: 
     assert first.returncode == 0, (first.stdout + first.stderr)[-5000:]
     old_users = {json.loads(line)["user_id"]
                  for line in (data / "sample" / "interactions.jsonl").open()}
+    replayed = json.loads((data / "sample" / "replayed.json").read_text())["lines"]
+    assert replayed == len((data / "sample" / "interactions.jsonl").read_text().splitlines())
 
     second = subprocess.Popen([*argv, "--limit", "600"], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
@@ -375,6 +378,10 @@ def test_mekb_up_twice_on_one_data_dir_applies_the_second_runs_events(tmp_path: 
         wait_for(lambda: any("MeKB-Stream is up" in line for line in lines)
                  or second.poll() is not None, 600, "run 2 to be up")
         assert second.poll() is None, "".join(lines)[-5000:]
+        # run 2 sends only the ratings run 1 did not (all items again: the broker is new)
+        total = len((data / "sample" / "interactions.jsonl").read_text().splitlines())
+        assert any(f"replayed interactions.new.jsonl: sent {total - replayed} events" in line
+                   for line in lines), "".join(lines)[-3000:]
         ref = reference_counts(data / "sample" / "items.jsonl",
                                data / "sample" / "interactions.jsonl", alias)
         fits = [u for u, ks in ref.items() if 3 <= len(ks) <= 100]  # no top-M eviction

@@ -278,3 +278,22 @@ def test_onnx_user_tower_skips_unknown_entities_and_keeps_order(tmp_path: Path) 
     together = tower.encode(mekbs, bucket=2)  # groups by size, answers in input order
     alone = np.concatenate([tower.encode([m]) for m in mekbs])
     assert np.allclose(together, alone, atol=1e-5)
+
+
+def test_training_with_kg_tying_and_multi_domain_on_a_small_world() -> None:
+    """build_model ties product entities to the scenario's KG nodes; a few training
+    steps with the TransE loss run and move the tie away from zero."""
+    from trainer.data.scenario import ScenarioConfig, build_scenario
+    from trainer.data.synthetic import WorldConfig, generate_world
+    from trainer.entitygraph.train import EntityGraphTrainConfig, build_model, train
+
+    world = generate_world(WorldConfig(seed=0, users=80, items_per_domain=30, kg="kg"))
+    sc = build_scenario(world, ScenarioConfig("books", "movies", min_item_positives=2))
+    assert sc.kg is not None
+    model = build_model(EntityGraphConfig(dim=8, hidden=16, kg_dim=8, pretrained=False), sc)
+    assert model.transe is not None and int((model.entity_kg_row >= 0).sum()) > 0
+    result = train(model, sc, EntityGraphTrainConfig(epochs=1, batch_users=16, kg_batch=64,
+                                                      progress=False), max_steps=4)
+    assert result.steps == 4 and result.examples > 0
+    assert all(math.isfinite(x) for x in result.losses)
+    assert float(model.kg_proj.weight.abs().sum()) > 0  # the tie was trained

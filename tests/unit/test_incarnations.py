@@ -111,3 +111,20 @@ def test_trainer_rebase_drops_only_that_topics_offsets() -> None:
     assert not rebase_offsets(fresh, live, "t", "id3")
     assert live == {"t:0": 5} and fresh.topic_ids == {"t": "id3"}
     assert TrainerState.from_json(fresh.to_json()).topic_ids == {"t": "id3"}
+
+
+def test_sample_ratings_are_replayed_once_per_data_directory(tmp_path: Path) -> None:
+    from mekb.sample import mark_replayed, unreplayed
+
+    ratings = tmp_path / "interactions.jsonl"
+    ratings.write_text("".join(f'{{"n": {n}}}\n' for n in range(3)))
+    assert unreplayed(ratings) == ratings  # the first run sends every line
+    mark_replayed(ratings)
+    ratings.write_text("".join(f'{{"n": {n}}}\n' for n in range(5)))  # a larger --limit
+    tail = unreplayed(ratings)
+    assert tail.read_text() == '{"n": 3}\n{"n": 4}\n'
+    mark_replayed(ratings)
+    ratings.write_text('{"n": 0}\n')  # a smaller one: nothing again, the count is kept
+    assert unreplayed(ratings).read_text() == ""
+    mark_replayed(ratings)
+    assert json.loads((tmp_path / "replayed.json").read_text()) == {"lines": 5}

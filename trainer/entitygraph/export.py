@@ -26,6 +26,8 @@ import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from itertools import chain, repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -153,11 +155,11 @@ class OnnxUserTower:
         n = len(mekbs)
         lengths = np.fromiter((len(m) for m in mekbs), dtype=np.int64, count=n)
         total = int(lengths.sum())
-        get = self.row.get
-        flat_rows = np.fromiter((get(e, -1) for m in mekbs for e, _ in m), dtype=np.int64,
-                                count=total)
-        flat_scores = np.fromiter((s for m in mekbs for _, s in m), dtype=np.float32,
-                                  count=total)
+        # map() with C-level callables: no Python frame per entity
+        flat = list(chain.from_iterable(mekbs))
+        flat_rows = np.fromiter(map(self.row.get, map(itemgetter(0), flat), repeat(-1, total)),
+                                dtype=np.int64, count=total)
+        flat_scores = np.fromiter(map(itemgetter(1), flat), dtype=np.float32, count=total)
         user = np.repeat(np.arange(n), lengths)
         known = flat_rows >= 0
         if not known.all():

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from linker.base import PRODUCT
 from trainer.data.scenario import Scenario
 from trainer.entitygraph.data import MeKBIndex, ViewBatch, Views
 from trainer.entitygraph.model import EntityGraph, EntityGraphConfig
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EntityGraphTrainConfig:
     # defaults chosen on ml-100k's validation split (zero-shot users), docs/results.md
-    epochs: int = 20
+    epochs: int = 30
     batch_users: int = 32  # views per batch
     lr: float = 1e-3  # Adam: attention, MLP, item table
     entity_lr: float = 1e-2  # Adam: the entity vectors (fine-tuned from the encoder's)
@@ -94,7 +95,8 @@ def build_model(config: EntityGraphConfig, scenario: Scenario, *,
     kg = getattr(scenario, "kg", None)
     if config.kg_dim > 0 and kg is not None:
         # an item's product entity is tied to the KG node the item links to
-        links = {f"product:{item}": nodes[0] for item, nodes in kg.item_links.items() if nodes}
+        links = {f"{PRODUCT}:{item}": nodes[0] for item, nodes in kg.item_links.items()
+                 if nodes}
         model.attach_kg(kg.n_entities, kg.n_relations, links)
     items = sorted(scenario.items)
     model.add_items(items, [scenario.items[i].domain for i in items])

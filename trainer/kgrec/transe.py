@@ -57,8 +57,13 @@ class TransE(nn.Module):
                                e(triples[:, 2]), self.p)
 
     def loss(self, triples: Tensor, margin: float, generator: torch.Generator) -> Tensor:
-        negatives = corrupt(triples, self.n_entities, generator)
-        return kg_margin_loss(self.distance(triples), self.distance(negatives), margin)
+        both = torch.cat([triples, corrupt(triples, self.n_entities, generator)])
+        # one gather for every head and tail: each lookup's backward writes a dense
+        # gradient of the whole entity table, the cost of a step on a large graph
+        ends = self.entities(torch.cat([both[:, 0], both[:, 2]]))
+        n = len(both)
+        dist = transe_distance(ends[:n], self.relations(both[:, 1]), ends[n:], self.p)
+        return kg_margin_loss(dist[: len(triples)], dist[len(triples):], margin)
 
     @torch.no_grad()
     def renorm(self) -> None:

@@ -148,8 +148,12 @@ async def run(settings: Settings, trainer: OnlineTrainer, health: Health,
                 # keep the weights, read the new topic from its start
                 current = recreated.result().get(topic)
                 rebase_offsets(trainer.state, trainer.offsets, topic, current)
+                parts = await _partitions(consumer, topic)  # (it may have others now)
+                tps = [TopicPartition(topic, p) for p in parts]
+                consumer.assign(tps)
                 for tp in tps:
                     consumer.seek(tp, 0)
+                health.partitions = parts
                 recreated = _watch(settings, topic, current, stop)
             got = await consumer.getmany(timeout_ms=POLL_MS, max_records=max_records)
             # (records fetched before a skip-ahead below may still arrive: below the
