@@ -94,9 +94,12 @@ def build_model(config: EntityGraphConfig, scenario: Scenario, *,
     model.add_entities(ids, vectors)
     kg = getattr(scenario, "kg", None)
     if config.kg_dim > 0 and kg is not None:
-        # an item's product entity is tied to the KG node the item links to
-        links = {f"{PRODUCT}:{item}": nodes[0] for item, nodes in kg.item_links.items()
-                 if nodes}
+        # a MeKB entity that is a KG node is tied to it; an item's product entity to the
+        # node the item links to (ml-100k: Freebase ids, never MeKB entities)
+        node = kg.entity_index()
+        links = {e: node[e] for e in model.entity_ids if e in node}
+        links.update({f"{PRODUCT}:{item}": nodes[0] for item, nodes in kg.item_links.items()
+                      if nodes})
         model.attach_kg(kg.n_entities, kg.n_relations, links)
     items = sorted(scenario.items)
     model.add_items(items, [scenario.items[i].domain for i in items])
@@ -177,7 +180,7 @@ def train(
     kg_gen = torch.Generator().manual_seed(cfg.seed + 1)
     kg = getattr(scenario, "kg", None)
     transe = model.transe
-    triples = torch.from_numpy(kg.triples) if transe is not None and kg is not None \
+    triples = torch.tensor(kg.triples) if transe is not None and kg is not None \
         and len(kg.triples) else None
     t0 = time.perf_counter()
 

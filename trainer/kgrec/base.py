@@ -33,7 +33,8 @@ class KGRecConfig:
     layers: int = 2  # GNN iterations
     neighbours: int = 16  # items sampled per neighbourhood in training (all when scoring)
     cold_rate: float = 0.0  # GNN: share of examples whose domain neighbourhood is hidden
-    init_std: float = 0.1
+    # small initial vectors: ml-100k Base seed 0, zero-shot HR@10 0.341 at 0.1, 0.384 at 0.01
+    init_std: float = 0.01
     loss: str = "margin"  # margin (eq. 2) | bpr (SMF)
     domain_negatives: bool = True  # negatives from the positive's domain (False: SMF)
     negatives: int = 4
