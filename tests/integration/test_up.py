@@ -33,6 +33,8 @@ def test_up_once_replays_sample_serves_and_stops_cleanly(tmp_path: Path) -> None
     assert "replayed interactions.jsonl: sent 300 events" in out
     assert "rejected 0 lines" in out
     assert "serves embeddings" in out and "/v1/users/u1/embedding" in out
+    # issue 16: the kind that is fresh within seconds on a CPU, named in the banner
+    assert "(entitygraph) serves embeddings" in out and "trainer trains entitygraph" in out
     assert result.stdout.rstrip().endswith("stopped")
     assert "killing" not in out, "a process ignored SIGTERM for the whole grace period"
     for name in ("broker", "worker", "trainer", "serving", "monitor"):

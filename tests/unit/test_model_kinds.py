@@ -95,15 +95,17 @@ def test_entitygraph_trains_publishes_and_serves(tmp_path: Path, tiny_encoder: s
     settings = make_settings(tmp_path, tiny_encoder, model_kind="entitygraph")
     h = KindHarness(settings, "entitygraph")
     h.trainer.startup()
+    assert h.registry.active() is None  # no entity rows yet: nothing worth serving
+    h.trainer.process(stream(40))  # the first examples give rows and a first version
     first = h.registry.active()
     assert first is not None and first.model_kind == "entitygraph"
     assert {"entities.npy", "entities.json", "entitygraph/model.safetensors"} <= set(first.files)
     assert "tokenizer/vocab.txt" not in first.files
-    h.trainer.process(stream(400))
+    h.trainer.process(stream(400, 40))
     model = h.trainer.model
     assert model.n_entities == 6  # one row per entity seen, its title encoded once
     assert h.metric("mekb_trainer_entities_added_total") == 6
-    assert h.trainer.state.examples_seen > 250
+    assert h.trainer.state.examples_seen > 280
     # a checkpoint restores the same entity rows
     h.trainer.checkpoint()
     again = KindHarness(settings, "entitygraph")
@@ -200,3 +202,18 @@ def test_up_runs_entitygraph_by_default(tmp_path: Path) -> None:
     text = _banner(flag, "v1", tmp_path, None, once=True, model_kind="entitygraph",
                    trainer_kind="entitygraph")
     assert "model v1 (entitygraph) serves embeddings" in text
+
+
+def test_entitygraph_item_refit_keeps_its_tower(tmp_path: Path, tiny_encoder: str) -> None:
+    settings = make_settings(tmp_path, tiny_encoder, model_kind="entitygraph")
+    h = KindHarness(settings, "entitygraph")
+    h.trainer.process(stream(300))
+    h.trainer.publish_full(2e9)
+    tower = h.registry.active()
+    mv = h.trainer.refit(3e9)
+    assert mv is not None and mv.kind == "items" and mv.model_kind == "entitygraph"
+    assert mv.parent == tower.version and "entitygraph/model.safetensors" not in mv.files
+    for name in ("user_tower.onnx", "entities.npy", "entities.json"):
+        assert mv.files[name] == tower.files[name]  # the tower, copied as it is
+    loaded = load_model(h.registry, mv.version, device="cpu")
+    assert loaded.tower == load_model(h.registry, tower.version, device="cpu").tower

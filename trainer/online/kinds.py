@@ -72,6 +72,11 @@ class OnlineKind(Protocol):
 
     def pretrained(self) -> Any: ...
 
+    def can_serve(self, model: Any) -> bool:
+        """Whether a version of `model` gives users meaningful embeddings yet (the
+        initial publication into an empty registry waits for it)."""
+        ...
+
     def checkpoint_extra(self, model: Any) -> dict[str, Any]:
         """What a checkpoint's state.extra needs to rebuild the model (with its tensors)."""
         ...
@@ -143,6 +148,9 @@ class EmbedMeOnline:
         from trainer.online.loop import model_config
 
         return EmbedMe(model_config(self.settings))
+
+    def can_serve(self, model: Any) -> bool:
+        return True  # the pretrained encoder reads any title
 
     def checkpoint_extra(self, model: Any) -> dict[str, Any]:
         return {"config": model.config.to_json()}
@@ -243,6 +251,10 @@ class EntityGraphOnline:
                                    k_star=s.k_star, encoder_fingerprint=encoder.fingerprint)
         torch.manual_seed(s.trainer_seed)
         return EntityGraph(config, encoder.dim)
+
+    def can_serve(self, model: Any) -> bool:
+        # without entity rows every user would get the same embedding
+        return bool(model.n_entities)
 
     def checkpoint_extra(self, model: Any) -> dict[str, Any]:
         return {"config": {**model.config.to_json(), "vector_dim": model.vector_dim},

@@ -249,7 +249,8 @@ class OnlineTrainer:
     def housekeeping(self, now: float) -> dict[str, int] | None:
         s = self.settings
         if self.registry.active_version() is None:
-            return self.publish_full(now)  # serving waits for a first version
+            # serving waits for a first version (EntityGraph: once it has entity rows)
+            return self.publish_full(now) if self.kind.can_serve(self.model) else None
         if (s.trainer_publish_every and self.since_publish >= s.trainer_publish_every) or (
             s.trainer_publish_interval_s and self.since_publish
             and now - self.last_publish_try >= s.trainer_publish_interval_s
@@ -473,6 +474,10 @@ class OnlineTrainer:
             self.metrics.mark_item_tower(active.created_at)
             if self.state.last_publish_at:
                 self.metrics.last_publish.set(self.state.last_publish_at)
+            return None
+        if not self.kind.can_serve(self.model):
+            logger.info("registry empty: the first %s version follows the first examples",
+                        self.kind.name)
             return None
         logger.info("registry empty: publishing an initial version")
         return self.publish_full(time.time())
