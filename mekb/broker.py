@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from mekb.children import die_with_parent
+
 logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
@@ -100,10 +102,12 @@ class EmbeddedBroker:
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         if self.log_path:
             with open(self.log_path, "ab") as out:
-                self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+                self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                              preexec_fn=die_with_parent)
         else:
             self._proc = subprocess.Popen(
-                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env,
+                preexec_fn=die_with_parent,
             )
         try:
             wait_until_ready(self.bootstrap_servers, timeout_s)

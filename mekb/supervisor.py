@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from mekb.children import die_with_parent
+
 logger = logging.getLogger(__name__)
 
 STATUS_VERSION = 1
@@ -174,6 +176,7 @@ class Supervisor:
             proc = subprocess.Popen(
                 comp.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 env={**os.environ, **self.env, **comp.env}, start_new_session=True,
+                preexec_fn=die_with_parent,
             )
             assert proc.stdout is not None
             pump = threading.Thread(target=_pump, args=(comp.name, proc.stdout, log, self.echo),

@@ -22,6 +22,8 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -200,16 +202,26 @@ class EntityGraphEncoder:
     An entity the version's table has no row for (it appeared after the version was
     exported) is SKIPPED: it cannot be embedded without the title encoder, which serving
     does not run. The trainer's entity-vector cache gives it a row in the next version
-    (trainer/online/kinds.py); `unknown_entities` counts what was skipped."""
+    (trainer/online/kinds.py); `unknown_entities` counts what was skipped.
+
+    The host side is most of a user's cost (docs/benchmarks.md, issue 16), so it has no
+    Python frame per entity: ids are resolved with C-level `map` over the record's dicts,
+    and a batch is padded with flat array operations, in groups of similar MeKB size."""
 
     batch_max = 512  # ~10 ms per run on 2 cores: a request miss waits behind one at most
+    # users per session.run: a group is padded to its longest MeKB only, and sorting the
+    # batch by size keeps that close to each user's own (sizes are heavy-tailed)
+    group = 64
 
     def __init__(self, model_dir: Path, *, device: Device = "auto",
                  intra_op_threads: int = 0) -> None:
         import json
 
+        # One intra-op thread unless configured: a run is ~100 µs of work per group, and
+        # a second thread on shared cores costs more in wake-ups and preemption than it
+        # gains while taking the core the event loop needs (docs/benchmarks.md).
         self.session, self.providers = _session(model_dir / "user_tower.onnx", device,
-                                                intra_op_threads)
+                                                intra_op_threads or 1)
         self.provider = self.providers[0]
         self.table = np.ascontiguousarray(
             np.load(model_dir / "entities.npy", allow_pickle=False), dtype=np.float32)
@@ -225,37 +237,66 @@ class EntityGraphEncoder:
         last = self.session.get_outputs()[0].shape[-1]
         self.dim = int(last) if isinstance(last, int) else 0
         self.unknown_entities = 0
+        self._empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
 
     def input_of(self, record: Any) -> tuple[np.ndarray, np.ndarray]:
         """(rows int64, MeKBScores float32) of the record's entities the table knows."""
-        row = self.row
-        rows, scores = [], []
-        for ent in record.entities if record is not None else ():
-            r = row.get(ent.get("id"))
-            if r is None:
-                self.unknown_entities += 1
-                continue
-            rows.append(r)
-            scores.append(float(ent.get("score") or 0.0))
-        return np.asarray(rows, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+        ents = record.entities if record is not None else ()
+        n = len(ents)
+        if n == 0:
+            return self._empty
+        rows = np.fromiter(map(self.row.get, map(dict.get, ents, repeat("id", n)),
+                               repeat(-1, n)), dtype=np.int64, count=n)
+        try:
+            scores = np.fromiter(map(dict.get, ents, repeat("score", n)), dtype=np.float32,
+                                 count=n)
+        except (TypeError, ValueError):  # a missing/null score: the slow, lenient path
+            scores = np.asarray([float(e.get("score") or 0.0) for e in ents], dtype=np.float32)
+        known = rows >= 0
+        if not known.all():
+            self.unknown_entities += int(n - known.sum())
+            rows, scores = rows[known], scores[known]
+        return rows, scores
 
     def run(self, rows: np.ndarray, scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
         feeds = dict(zip(self.input_names, (self.table[rows], scores, mask), strict=True))
         out = self.session.run([self.output_name], feeds)[0]
         return np.asarray(out, dtype=np.float32)
 
+    def padded(self, inputs: list[tuple[np.ndarray, np.ndarray]]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows (padding row where no entity), scores and mask [len(inputs), longest]."""
+        n = len(inputs)
+        lengths = np.fromiter(map(len, map(itemgetter(0), inputs)), dtype=np.int64, count=n)
+        width = max(1, int(lengths.max(initial=0)))
+        rows = np.full((n, width), self.pad, dtype=np.int64)
+        scores = np.zeros((n, width), dtype=np.float32)
+        total = int(lengths.sum())
+        if total:
+            user = np.repeat(np.arange(n), lengths)
+            pos = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            rows[user, pos] = np.concatenate([r for r, _ in inputs])
+            scores[user, pos] = np.concatenate([s for _, s in inputs])
+        mask = (np.arange(width) < lengths[:, None]).astype(np.float32)
+        return rows, scores, mask
+
     def encode(self, inputs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, float]:
-        width = max(1, max((len(r) for r, _ in inputs), default=1))
-        rows = np.full((len(inputs), width), self.pad, dtype=np.int64)
-        scores = np.zeros((len(inputs), width), dtype=np.float32)
-        mask = np.zeros((len(inputs), width), dtype=np.float32)
-        for i, (r, s) in enumerate(inputs):
-            rows[i, : len(r)] = r
-            scores[i, : len(r)] = s
-            mask[i, : len(r)] = 1.0
-        start = time.perf_counter()
-        out = self.run(rows, scores, mask)
-        return out, time.perf_counter() - start
+        """Embeddings in input order: groups of `group` users of similar MeKB size."""
+        lengths = np.fromiter(map(len, map(itemgetter(0), inputs)), dtype=np.int64,
+                              count=len(inputs))
+        order = np.argsort(lengths, kind="stable")
+        out: np.ndarray | None = None
+        run_s = 0.0
+        for start in range(0, len(inputs), self.group):
+            idx = order[start:start + self.group]
+            rows, scores, mask = self.padded([inputs[i] for i in idx])
+            t0 = time.perf_counter()
+            emb = self.run(rows, scores, mask)
+            run_s += time.perf_counter() - t0
+            if out is None:
+                out = np.empty((len(inputs), emb.shape[1]), dtype=np.float32)
+            out[idx] = emb
+        return (out if out is not None else np.zeros((0, self.dim), dtype=np.float32)), run_s
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 4)) -> float:
         start = time.perf_counter()

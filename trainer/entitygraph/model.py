@@ -168,6 +168,17 @@ class EntityGraph(nn.Module):
         hidden = pooled[:, 1:] + first.bias
         return self._finish(self.mlp[2](self.mlp[1](hidden)))
 
+    def encode_unique(self, vectors: Tensor, index: Tensor, scores: Tensor,
+                      mask: Tensor) -> Tensor:
+        """`encode(vectors[index], ...)` from the batch's entities given once each:
+        vectors [U, H], index [B, L] into them. Training's form: the attention logit is
+        computed once per entity and the pooling is an embedding bag, so the backward
+        pass never materialises a [B, L, H] gather (the continuous trainer's step)."""
+        weights = self._weights(self.attention_logits(vectors)[index], scores, mask)
+        pooled = nn.functional.embedding_bag(index, vectors, per_sample_weights=weights,
+                                             mode="sum")
+        return self._finish(self.mlp(pooled))
+
     @property
     def feature_dim(self) -> int:
         return 1 + self.config.hidden

@@ -307,35 +307,96 @@ class EntityGraphOnline:
             replace_param_in_optimizer(optimizer, old, model.entity_table)
         return len(new)
 
-    @staticmethod
-    def _inputs(model: Any, examples: Sequence[Example]) -> tuple[Tensor, Tensor, Tensor]:
+    def _example_rows(self, model: Any, ex: Example) -> tuple[np.ndarray, np.ndarray]:
+        """An example's entity rows and scores (entities without a row left out), kept
+        per example id: a row never changes once given, so a replayed example costs a
+        dict hit (one with unresolved entities is not kept: a later row may fill it)."""
+        if self._rows_model is not model:
+            self._rows, self._rows_model = {}, model
+        hit = self._rows.get(ex.example_id)
+        if hit is not None:
+            return hit
+        erow = model._erow
+        rows = np.fromiter((erow.get(e, -1) for e in ex.entity_ids), np.int64,
+                           len(ex.entity_ids))
+        scores = np.asarray(ex.scores, dtype=np.float32)
+        if (rows < 0).any():
+            keep = rows >= 0
+            return rows[keep], scores[keep]
+        if len(self._rows) >= self._rows_cap:  # drop the oldest half
+            for key in list(itertools.islice(self._rows, len(self._rows) // 2)):
+                del self._rows[key]
+        self._rows[ex.example_id] = (rows, scores)
+        return rows, scores
+
+    def _inputs(self, model: Any, examples: Sequence[Example]) -> tuple[Tensor, Tensor, Tensor]:
         """Padded entity rows, scores and mask (entities without a row are left out)."""
-        per = []
-        for ex in examples:
-            pairs = [(r, s) for r, s in ((model.entity_row(e), s) for e, s in
-                                         zip(ex.entity_ids, ex.scores, strict=True))
-                     if r is not None]
-            per.append(pairs)
-        width = max(1, max((len(p) for p in per), default=1))
+        per = [self._example_rows(model, ex) for ex in examples]
+        lens = np.fromiter((len(r) for r, _ in per), np.int64, len(per))
+        width = max(1, int(lens.max(initial=0)))
         rows = np.zeros((len(per), width), dtype=np.int64)
         scores = np.zeros((len(per), width), dtype=np.float32)
         mask = np.zeros((len(per), width), dtype=bool)
-        for i, pairs in enumerate(per):
-            if pairs:
-                rows[i, : len(pairs)] = [r for r, _ in pairs]
-                scores[i, : len(pairs)] = [s for _, s in pairs]
-                mask[i, : len(pairs)] = True
+        total = int(lens.sum())
+        if total:
+            which = np.repeat(np.arange(len(per)), lens)
+            pos = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens)
+            rows[which, pos] = np.concatenate([r for r, _ in per])
+            scores[which, pos] = np.concatenate([s for _, s in per])
+            mask[which, pos] = True
         return torch.from_numpy(rows), torch.from_numpy(scores), torch.from_numpy(mask)
+
+    def _domain_logits(self, model: Any, users: Tensor, batch: Sequence[Example]) -> Tensor:
+        """`domain_logits` with the items' domain index kept until the table grows."""
+        if self._dom_key != (id(model), model.n_items):
+            index: dict[str, int] = {}
+            self._dom_rows = torch.tensor([index.setdefault(d, len(index))
+                                           for d in model.item_domains], dtype=torch.long)
+            self._dom_index, self._dom_key = index, (id(model), model.n_items)
+        ex_dom = torch.tensor([self._dom_index.get(e.domain, -1) for e in batch],
+                              dtype=torch.long)
+        mask = ex_dom.unsqueeze(1) == self._dom_rows.unsqueeze(0)
+        return (users @ model.item_table.t()).masked_fill(~mask, float("-inf"))
+
+    @staticmethod
+    def _dropout(model: Any, mask: Tensor, generator: torch.Generator) -> Tensor:
+        if model.config.dropout > 0:  # entity dropout, as offline (trainer/entitygraph)
+            mask = mask & (torch.rand(mask.shape, generator=generator) >= model.config.dropout)
+        return mask
 
     def loss(self, model: Any, batch: Sequence[Example], generator: torch.Generator) -> Tensor:
         rows, scores, mask = self._inputs(model, batch)
-        if model.config.dropout > 0:  # entity dropout, as offline (trainer/entitygraph)
-            mask = mask & (torch.rand(mask.shape, generator=generator) >= model.config.dropout)
-        users = model.encode_rows(rows, scores, mask)
-        logits = domain_logits(users, model.item_table, [e.domain for e in batch],
-                               model.item_domains)
+        users = model.encode_rows(rows, scores, self._dropout(model, mask, generator))
         targets = model.item_rows([e.item_id for e in batch])
-        return nn.functional.cross_entropy(logits, targets)
+        return nn.functional.cross_entropy(self._domain_logits(model, users, batch), targets)
+
+    def step(self, model: Any, batch: Sequence[Example], optimizer: torch.optim.Optimizer,
+             generator: torch.Generator) -> float:
+        """The step on the batch's entities only: their rows are gathered once into a
+        leaf [U, H] that the tower reads through `encode_unique`, and Adam updates only
+        those rows of the entity table (`adam_rows`: SparseAdam's lazy moments) — no
+        backward into, nor optimiser pass over, the whole table. A knowledge-graph-tied
+        or frozen table takes the plain step."""
+        table = model.entity_table
+        if model.transe is not None or not table.requires_grad:
+            return dense_step(model, self.loss(model, batch, generator), optimizer)
+        rows, scores, mask = self._inputs(model, batch)
+        mask = self._dropout(model, mask, generator)
+        used = rows[mask]
+        uniq = torch.unique(used) if used.numel() else rows.new_zeros(1)
+        index = torch.searchsorted(uniq, rows).clamp_(max=len(uniq) - 1)  # padding: any
+        sub = table.detach()[uniq].requires_grad_()
+        users = model.encode_unique(sub, index, scores, mask)
+        targets = model.item_rows([e.item_id for e in batch])
+        loss = nn.functional.cross_entropy(self._domain_logits(model, users, batch), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        rest = [p for p in model.parameters() if p is not table]
+        torch.nn.utils.clip_grad_norm_([*rest, sub], GRAD_CLIP)  # the dense step's norm
+        optimizer.step()  # the table has no .grad: Adam skips it, adam_rows updates it
+        if sub.grad is not None:
+            adam_rows(optimizer, table, uniq, sub.grad)
+        return float(loss.detach())
 
     def user_embeddings(self, model: Any, examples: Sequence[Example]) -> np.ndarray:
         out = []
