@@ -182,8 +182,10 @@ def _feed(trainer, stream: list) -> float:
 
 def bench_continuous(args) -> dict:
     out: dict = {}
+    threads = torch.get_num_threads()
     for kind, n in (("embedme", args.embedme_examples), ("entitygraph", args.eg_examples)):
         rates, first = [], []
+        torch.set_num_threads(threads)  # a kind may set its own (OnlineKind.torch_threads)
         for seed in range(args.repeat):
             with tempfile.TemporaryDirectory() as tmp:
                 torch.manual_seed(seed)
@@ -192,6 +194,7 @@ def bench_continuous(args) -> dict:
                     first.append(_feed(trainer, _online_stream(n, seed + 100)))
                 rates.append(_feed(trainer, _online_stream(n, seed)))
         out[kind] = {"examples_per_s": statistics.median(rates), "examples": n,
+                     "threads": torch.get_num_threads(),
                      "batch": trainer.batch_size, "replay": trainer.replay,
                      "first_pass_per_s": statistics.median(first) if first else None}
     return out
@@ -224,7 +227,7 @@ def main() -> None:
                      f"{r['first_pass_per_s']:.0f}/s" if r["first_pass_per_s"] else "")
             print(f"continuous trainer {kind}: {r['examples_per_s']:.1f} examples/s "
                   f"(median of {args.repeat}, {r['examples']} examples, batch {r['batch']}, "
-                  f"replay {r['replay']}{extra})")
+                  f"replay {r['replay']}, torch threads {r['threads']}{extra})")
         print(f"EntityGraph / EmbedMe: "
               f"{c['entitygraph']['examples_per_s'] / c['embedme']['examples_per_s']:.0f}x")
         return

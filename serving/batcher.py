@@ -1,7 +1,8 @@
 """Dynamic batching of encoder work: request misses first, background refreshes after.
 
 Greedy batching: while one ONNX Runtime run is busy, new sequences queue; the
-next run takes everything queued (up to `max_batch`), so batches grow with load
+next run takes everything queued (up to `max_batch`; a submit's sequences queue as
+chunks, never split across runs), so batches grow with load
 without adding a timer to an idle server's latency. A background (refresher)
 batch is formed only when no request is waiting and is kept small, so a cache
 miss waits behind at most one short refresh run.
@@ -36,8 +37,11 @@ EncodeFn = Callable[[Any, list[Any]], tuple[np.ndarray, float]]
 
 @dataclass
 class _Item:
+    """A chunk of one submit: never split across runs, at most one run's worth; one
+    future per chunk, not per user (a refresh of 512 users is one item, not 512)."""
+
     model: Any
-    text: Any  # the model kind's per-user input (EmbedMe: the text)
+    inputs: list[Any]  # the model kind's per-user inputs (EmbedMe: the texts)
     future: asyncio.Future[np.ndarray]
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -80,39 +84,46 @@ class DynamicBatcher:
     def pending(self, priority: Priority) -> int:
         return len(self._queues[priority])
 
+    def _limit(self, priority: Priority, model: Any) -> int:
+        """Users per run: a model may want larger runs than the defaults (batch_max)."""
+        default = self.max_batch if priority == "request" else self.refresh_batch
+        return max(default, getattr(model, "batch_max", 0))
+
     async def submit(self, model: Any, texts: list[Any], priority: Priority) -> np.ndarray:
         """Embeddings [len(texts), dim] computed by `model`."""
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         loop = asyncio.get_running_loop()
-        items = [_Item(model, t, loop.create_future()) for t in texts]
+        step = self._limit(priority, model)
+        items = [_Item(model, texts[n:n + step], loop.create_future())
+                 for n in range(0, len(texts), step)]
         self._queues[priority].extend(items)
         self._wakeup.set()
         try:
-            rows = await asyncio.gather(*(i.future for i in items))
+            parts = await asyncio.gather(*(i.future for i in items))
         except asyncio.CancelledError:
             for item in items:  # a disconnected client's work is dropped, not computed
                 item.future.cancel()
             raise
-        return np.stack(rows)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _take(self) -> tuple[Priority, list[_Item]] | None:
-        order: tuple[tuple[Priority, int], ...] = (
-            ("request", self.max_batch), ("refresh", self.refresh_batch))
-        for priority, limit in order:
+        for priority in ("request", "refresh"):
             queue = self._queues[priority]
             while queue and queue[0].future.done():
                 queue.popleft()  # cancelled
             if not queue:
                 continue
             head = queue[0].model
-            # a model may want larger runs than the defaults (LoadedModel.batch_max)
-            limit = max(limit, getattr(head, "batch_max", 0))
+            limit = self._limit(priority, head)
             batch: list[_Item] = []
-            while queue and len(batch) < limit and queue[0].model is head:
+            size = 0
+            while queue and queue[0].model is head and (
+                    not batch or size + len(queue[0].inputs) <= limit):
                 item = queue.popleft()
                 if not item.future.done():
                     batch.append(item)
+                    size += len(item.inputs)
             if batch:
                 return priority, batch
         return None
@@ -129,12 +140,16 @@ class DynamicBatcher:
                 continue
             priority, batch = taken
             start = time.perf_counter()
+            waited = self.metrics.queue_wait_seconds.labels(priority)
+            inputs: list[Any] = []
             for item in batch:
-                self.metrics.queue_wait_seconds.labels(priority).observe(start - item.enqueued)
-            self.metrics.batch_size.labels(priority).observe(len(batch))
+                for _ in item.inputs:  # per sequence, as the metric says
+                    waited.observe(start - item.enqueued)
+                inputs.extend(item.inputs)
+            self.metrics.batch_size.labels(priority).observe(len(inputs))
             try:
                 out, run_s = await loop.run_in_executor(
-                    self._executor, self.encode, batch[0].model, [i.text for i in batch]
+                    self._executor, self.encode, batch[0].model, inputs
                 )
             except asyncio.CancelledError:  # shutting down mid-run: nobody is left hanging
                 for item in batch:
@@ -149,6 +164,11 @@ class DynamicBatcher:
                 continue
             self.last_run_seconds = time.perf_counter() - start
             self.metrics.inference_seconds.observe(run_s)
-            for n, item in enumerate(batch):
+            at = 0
+            for item in batch:
+                n = len(item.inputs)
                 if not item.future.done():
-                    item.future.set_result(out[n])
+                    # a copy unless the run was this chunk alone: a cached row must not
+                    # keep the whole run's output alive
+                    item.future.set_result(out if n == len(out) else out[at:at + n].copy())
+                at += n

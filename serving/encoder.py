@@ -22,8 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from itertools import repeat
-from operator import itemgetter
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -205,8 +204,10 @@ class EntityGraphEncoder:
     (trainer/online/kinds.py); `unknown_entities` counts what was skipped.
 
     The host side is most of a user's cost (docs/benchmarks.md, issue 16), so it has no
-    Python frame per entity: ids are resolved with C-level `map` over the record's dicts,
-    and a batch is padded with flat array operations, in groups of similar MeKB size."""
+    Python frame per entity: ids are resolved with C-level `map` over the entity dicts
+    of the whole batch at once, which is then padded with flat array operations, in
+    groups of similar MeKB size (padding to the batch's longest MeKB would double the
+    gathered rows)."""
 
     batch_max = 512  # ~10 ms per run on 2 cores: a request miss waits behind one at most
     # users per session.run: a group is padded to its longest MeKB only, and sorting the
@@ -237,71 +238,64 @@ class EntityGraphEncoder:
         last = self.session.get_outputs()[0].shape[-1]
         self.dim = int(last) if isinstance(last, int) else 0
         self.unknown_entities = 0
-        self._empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
 
-    def input_of(self, record: Any) -> tuple[np.ndarray, np.ndarray]:
-        """(rows int64, MeKBScores float32) of the record's entities the table knows."""
-        ents = record.entities if record is not None else ()
-        n = len(ents)
-        if n == 0:
-            return self._empty
-        rows = np.fromiter(map(self.row.get, map(dict.get, ents, repeat("id", n)),
-                               repeat(-1, n)), dtype=np.int64, count=n)
-        try:
-            scores = np.fromiter(map(dict.get, ents, repeat("score", n)), dtype=np.float32,
-                                 count=n)
-        except (TypeError, ValueError):  # a missing/null score: the slow, lenient path
-            scores = np.asarray([float(e.get("score") or 0.0) for e in ents], dtype=np.float32)
-        known = rows >= 0
-        if not known.all():
-            self.unknown_entities += int(n - known.sum())
-            rows, scores = rows[known], scores[known]
-        return rows, scores
+    def input_of(self, record: Any) -> list[dict[str, Any]]:
+        """The record's entities as they are: ids are resolved for the whole batch at
+        once in `encode` (per user, even two small lists cost more than the lookups)."""
+        return record.entities if record is not None else []
 
     def run(self, rows: np.ndarray, scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
         feeds = dict(zip(self.input_names, (self.table[rows], scores, mask), strict=True))
         out = self.session.run([self.output_name], feeds)[0]
         return np.asarray(out, dtype=np.float32)
 
-    def padded(self, inputs: list[tuple[np.ndarray, np.ndarray]]
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Rows (padding row where no entity), scores and mask [len(inputs), longest]."""
+    def encode(self, inputs: list[list[dict[str, Any]]]) -> tuple[np.ndarray, float]:
+        """Embeddings in input order, `group` users of similar MeKB size per run."""
         n = len(inputs)
-        lengths = np.fromiter(map(len, map(itemgetter(0), inputs)), dtype=np.int64, count=n)
-        width = max(1, int(lengths.max(initial=0)))
-        rows = np.full((n, width), self.pad, dtype=np.int64)
-        scores = np.zeros((n, width), dtype=np.float32)
-        total = int(lengths.sum())
-        if total:
-            user = np.repeat(np.arange(n), lengths)
-            pos = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-            rows[user, pos] = np.concatenate([r for r, _ in inputs])
-            scores[user, pos] = np.concatenate([s for _, s in inputs])
-        mask = (np.arange(width) < lengths[:, None]).astype(np.float32)
-        return rows, scores, mask
-
-    def encode(self, inputs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, float]:
-        """Embeddings in input order: groups of `group` users of similar MeKB size."""
-        lengths = np.fromiter(map(len, map(itemgetter(0), inputs)), dtype=np.int64,
-                              count=len(inputs))
-        order = np.argsort(lengths, kind="stable")
+        sizes = np.fromiter(map(len, inputs), dtype=np.int64, count=n)
+        order = np.argsort(sizes, kind="stable")
+        total = int(sizes.sum())
+        # one pass of C-level map over the batch's entity dicts (the replica validated
+        # them as dicts): rows (-1 = not in the table), scores (None -> NaN -> 0)
+        flat = list(chain.from_iterable([inputs[i] for i in order]))
+        row_of: Callable[..., Any] = self.row.get  # ids are whatever the JSON held
+        flat_rows = np.fromiter(map(row_of, map(dict.get, flat, repeat("id", total)),
+                                    repeat(-1, total)), dtype=np.int64, count=total)
+        flat_scores = np.fromiter(map(dict.get, flat, repeat("score", total)),
+                                  dtype=np.float32, count=total)
+        np.nan_to_num(flat_scores, copy=False, nan=0.0)
+        user = np.repeat(np.arange(n), sizes[order])
+        known = flat_rows >= 0
+        if not known.all():
+            self.unknown_entities += int(total - known.sum())
+            user, flat_rows, flat_scores = user[known], flat_rows[known], flat_scores[known]
+        lengths = np.bincount(user, minlength=n)
+        ends = np.cumsum(lengths)
+        pos = np.arange(len(user)) - (ends - lengths)[user]
         out: np.ndarray | None = None
         run_s = 0.0
-        for start in range(0, len(inputs), self.group):
-            idx = order[start:start + self.group]
-            rows, scores, mask = self.padded([inputs[i] for i in idx])
+        for lo in range(0, n, self.group):
+            hi = min(n, lo + self.group)
+            a, b = int(ends[lo] - lengths[lo]), int(ends[hi - 1])
+            width = max(1, int(lengths[lo:hi].max()))
+            rows = np.full((hi - lo, width), self.pad, dtype=np.int64)
+            scores = np.zeros((hi - lo, width), dtype=np.float32)
+            at = (user[a:b] - lo, pos[a:b])
+            rows[at] = flat_rows[a:b]
+            scores[at] = flat_scores[a:b]
+            mask = (np.arange(width) < lengths[lo:hi, None]).astype(np.float32)
             t0 = time.perf_counter()
             emb = self.run(rows, scores, mask)
             run_s += time.perf_counter() - t0
             if out is None:
-                out = np.empty((len(inputs), emb.shape[1]), dtype=np.float32)
-            out[idx] = emb
+                out = np.empty((n, emb.shape[1]), dtype=np.float32)
+            out[order[lo:hi]] = emb
         return (out if out is not None else np.zeros((0, self.dim), dtype=np.float32)), run_s
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 4)) -> float:
         start = time.perf_counter()
-        some = np.arange(min(self.pad, 64), dtype=np.int64)
-        full = (some, np.full(len(some), 1.0 / max(1, len(some)), dtype=np.float32))
+        ids = list(self.row)[:64]
+        full = [{"id": e, "score": 1.0 / max(1, len(ids))} for e in ids]
         for n in (*batch_sizes, self.batch_max):
             self.encode([full] * n)
         return time.perf_counter() - start

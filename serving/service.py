@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,11 @@ logger = logging.getLogger(__name__)
 MAX_PENDING = 200_000
 # After a swap to another user tower, this many recently used users are re-encoded first.
 REWARM_USERS = 1_000
+# Pending users whose applied record is kept for the refresher (no second read and
+# decode): 2 s (refresh_max_lag_s) of the 5 000 updates/s target. Beyond it (a backlog:
+# a burst, a replica catching up, no model yet) they are read back from the replica,
+# so memory stays bounded (~12 KB per 32-entity record: ~120 MB at most).
+HOLD_RECORDS = 10_000
 
 Key = tuple[str, int, str]  # (user, MeKB version, tower)
 
@@ -91,7 +97,9 @@ class EmbeddingService:
         self.upstream_seen_at: float | None = None
         self.upstream_timeout_s = 5.0
         self._inflight: dict[Key, tuple[asyncio.Task[np.ndarray], int]] = {}
-        self._pending: OrderedDict[str, float] = OrderedDict()  # user -> enqueued (monotonic)
+        # user -> (enqueued (monotonic), the record just applied: the refresher need not
+        # read and decode it again; None: read it from the replica)
+        self._pending: OrderedDict[str, tuple[float, UserRecord | None]] = OrderedDict()
         self._pending_event: asyncio.Event | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._capacity = 0.0
@@ -139,7 +147,7 @@ class EmbeddingService:
         if previous is None or previous.tower != model.tower:
             # The cached embeddings belong to the old tower: re-encode the recent users
             # that the pre-warm did not reach (skipped by the refresher if cached).
-            self._enqueue(self.cache.recent_users(REWARM_USERS))
+            self._enqueue((user, None) for user in self.cache.recent_users(REWARM_USERS))
         logger.info("active model %s (was %s)", model.version,
                     previous.version if previous else None)
         return previous
@@ -186,15 +194,17 @@ class EmbeddingService:
                 m.processing_lag.observe(max(0.0, now - rec.updated_at))
             if rec.ts > 0:
                 m.event_age.observe(max(0.0, now - rec.ts))
-        self._enqueue(r.user_id for r in result.applied)
+        self._enqueue((r.user_id, r) for r in result.applied)
+        for user in result.deleted:  # nothing to precompute (nor to hold) for them
+            self._pending.pop(user, None)
 
-    def _enqueue(self, users: Any) -> None:
+    def _enqueue(self, users: Iterable[tuple[str, UserRecord | None]]) -> None:
         now = time.monotonic()
-        for user in users:
+        for user, rec in users:
             if user in self._pending:
                 self.metrics.refresh.labels("coalesced").inc()
                 del self._pending[user]
-            self._pending[user] = now
+            self._pending[user] = (now, rec if len(self._pending) < HOLD_RECORDS else None)
         while len(self._pending) > MAX_PENDING:
             self._pending.popitem(last=False)
             self.metrics.refresh.labels("deferred").inc()
@@ -308,11 +318,12 @@ class EmbeddingService:
         # larger micro-batches: its capacity then stays far above the update rate
         limit = max(self.refresh_batch, model.batch_max)
         while self._pending and len(batch) < limit:
-            user_id, enqueued = self._pending.popitem(last=False)
+            user_id, (enqueued, rec) = self._pending.popitem(last=False)
             if now - enqueued > self.refresh_max_lag_s:
                 m.refresh.labels("deferred").inc()  # on-demand keeps it fresh instead
                 continue
-            rec = self.replica.get(user_id)
+            if rec is None:
+                rec = self.replica.get(user_id)
             if rec is None:
                 continue
             if self.cache.get(user_id, rec.version, model.tower) is not None:

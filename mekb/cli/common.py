@@ -13,6 +13,10 @@ from mekb.settings import Settings, get_settings
 # How long a command waits for the broker's TCP port before giving up (the Kafka
 # clients' own bootstrap wait is 30 s, and ends in a traceback).
 BROKER_CONNECT_TIMEOUT_S = 5.0
+# Long-running services (worker, trainer, monitor) wait longer for a broker that accepts
+# the connection but does not answer yet (starting, paused, overloaded): failing there
+# turned a 10 s broker pause into a dead trainer. Nothing listening still fails at once.
+SERVICE_BROKER_WAIT_S = 60.0
 
 
 class CliError(Exception):

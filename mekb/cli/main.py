@@ -9,9 +9,9 @@ from typer.exceptions import TyperException
 
 from mekb import __version__
 from mekb.cli import broker, config, link, linker, monitor, produce, sample, topics, up, worker
-from mekb.cli import kg as kg_cli
 from mekb.cli import evaluate as evaluate_cli
 from mekb.cli import export_onnx as export_onnx_cli
+from mekb.cli import kg as kg_cli
 from mekb.cli import models as models_cli
 from mekb.cli import serve as serve_cli
 from mekb.cli import status as status_cli

@@ -7,7 +7,7 @@ import signal
 
 import typer
 
-from mekb.cli.common import require_broker, settings_with
+from mekb.cli.common import SERVICE_BROKER_WAIT_S, require_broker, settings_with
 
 
 def monitor(
@@ -29,7 +29,7 @@ def monitor(
     from monitoring.monitor import DriftMonitor, ProbeSet, run_monitor
 
     settings = settings_with(monitor_port=port, drift_window_s=window)
-    require_broker(settings)
+    require_broker(settings, SERVICE_BROKER_WAIT_S)
     registry = CollectorRegistry()
     metrics = MonitorMetrics(registry)
     start_http_server(settings.monitor_port, addr=settings.metrics_host, registry=registry)

@@ -8,7 +8,7 @@ import signal
 
 import typer
 
-from mekb.cli.common import CliError, require_broker, settings_with
+from mekb.cli.common import SERVICE_BROKER_WAIT_S, CliError, require_broker, settings_with
 
 
 def trainer(
@@ -49,7 +49,7 @@ def trainer(
         raise CliError(f"unknown model kind {kind!r} (known: {', '.join(MODEL_KINDS)})")
     settings = settings_with(trainer_port=port, trainer_publish_every=publish_every,
                              trainer_refit_interval_s=refit_interval, model_kind=kind)
-    require_broker(settings)
+    require_broker(settings, SERVICE_BROKER_WAIT_S)
     try:
         lock = acquire_lock(registry_root(settings) / ".trainer.lock")
     except AlreadyRunning as exc:

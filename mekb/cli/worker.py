@@ -7,7 +7,7 @@ import signal
 
 import typer
 
-from mekb.cli.common import CliError, require_broker, settings_with
+from mekb.cli.common import SERVICE_BROKER_WAIT_S, CliError, require_broker, settings_with
 
 
 def worker(
@@ -33,7 +33,7 @@ def worker(
     if settings.exactly_once and settings.flavor == "tansu":
         raise CliError("MEKB_EXACTLY_ONCE needs Apache Kafka; the embedded broker has no "
                        "transactions (the default at-least-once keeps state exact)")
-    require_broker(settings)
+    require_broker(settings, SERVICE_BROKER_WAIT_S)
     try:
         linker = build_linker(settings)
     except Exception as exc:  # AliasTableError, NerUnavailable: user-fixable

@@ -64,11 +64,14 @@ def test_a_rollback_sticks_while_the_trainer_publishes_and_restarts(
 
         out = mekb(settings, "rollback")
         assert f"active: {good} (pinned" in out and "announced" in out
+        # Under load the trainer may publish more than one candidate per batch of
+        # examples: compare with what existed at the rollback, not with a count.
+        at_rollback = {v.version for v in registry.list()}
         produce(settings, "training-examples", examples(60, 60))
-        wait_for(lambda: len(registry.list()) == 3, 120, "a candidate after the rollback",
-                 trainer)
-        held = registry.list()[-1]
-        assert held.parent == bad and held.manifest["held"]["pinned_version"] == good
+        wait_for(lambda: len(registry.list()) > len(at_rollback), 120,
+                 "a candidate after the rollback", trainer)
+        held = next(v for v in registry.list() if v.version not in at_rollback)
+        assert held.manifest["held"]["pinned_version"] == good
         assert registry.active_version() == good
     finally:
         assert trainer.stop() == 0, trainer.tail()
@@ -77,9 +80,10 @@ def test_a_rollback_sticks_while_the_trainer_publishes_and_restarts(
     try:
         health = trainer.wait_healthy()
         assert health["active_version"] == good and health["pinned_version"] == good
+        before_restart = len(registry.list())
         produce(settings, "training-examples", examples(120, 60))
-        wait_for(lambda: len(registry.list()) == 4, 120, "a candidate after the restart",
-                 trainer)
+        wait_for(lambda: len(registry.list()) > before_restart, 120,
+                 "a candidate after the restart", trainer)
     finally:
         assert trainer.stop() == 0, trainer.tail()
     assert registry.active_version() == good
@@ -87,9 +91,10 @@ def test_a_rollback_sticks_while_the_trainer_publishes_and_restarts(
     lines = {line[2:].split()[0]: line for line in mekb(settings, "list").splitlines()
              if line[:2] in ("* ", "  ")}
     assert lines[good].startswith("* ") and " pinned " in lines[good]
-    later = [v.version for v in registry.list()[2:]]
-    assert all(" held " in lines[v] for v in later)
+    later = [v.version for v in registry.list() if v.version not in at_rollback]
+    assert later and all(" held " in lines[v] for v in later)
     assert f"pinned to {good} since" in mekb(settings, "list")
     # serving replicas were told about the rollback only: held versions are not announced
     announced = [r.key.decode() for r in read_topic(settings, "model-updates")]
-    assert announced == [good, bad, good]
+    assert announced[0] == good and announced[-2:] == [bad, good]
+    assert not set(announced) & set(later)

@@ -25,8 +25,10 @@ runs the encoder for it again.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -59,6 +61,7 @@ ITEM_FILES = ("items.npy", "items.json")
 OWN_FIELDS = ("version", "parent", "kind", "created_at", "files", "metrics", "gate",
               "training_offsets", "trainer", "training_topic_ids", "held", "n_items")
 EMBED_CHUNK = 1024
+GRAD_CLIP = 1.0  # max gradient norm of a step (every kind)
 # EntityGraph's item table in the stream: a fresh row has a handful of steps to catch up
 # (offline training's 3e-3 left the default synthetic world at popularity's HR@10)
 ITEM_LR = 2e-2
@@ -69,6 +72,7 @@ class OnlineKind(Protocol):
     weights_dir: str  # directory of a full bundle holding the trainer's weights
     default_batch: int  # examples per step unless MEKB_TRAINER_BATCH_SIZE says otherwise
     default_replay: int  # replay steps per step unless MEKB_TRAINER_REPLAY says otherwise
+    torch_threads: int  # intra-op threads of the trainer process (0: torch's default)
 
     def pretrained(self) -> Any: ...
 
@@ -95,6 +99,11 @@ class OnlineKind(Protocol):
 
     def loss(self, model: Any, batch: Sequence[Example], generator: torch.Generator) -> Tensor: ...
 
+    def step(self, model: Any, batch: Sequence[Example], optimizer: torch.optim.Optimizer,
+             generator: torch.Generator) -> float:
+        """One optimiser step on `batch`; returns its loss."""
+        ...
+
     def user_embeddings(self, model: Any, examples: Sequence[Example]) -> np.ndarray: ...
 
     def write_full_bundle(self, model: Any, out_dir: Path, *, version: str,
@@ -119,6 +128,43 @@ def checkpoint_dir(state_root: Path, kind: str) -> Path:
     return state_root / ("checkpoints" if kind == DEFAULT_TRAINER_KIND else f"checkpoints-{kind}")
 
 
+def dense_step(model: nn.Module, loss: Tensor, optimizer: torch.optim.Optimizer) -> float:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+    optimizer.step()
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def adam_rows(optimizer: torch.optim.Optimizer, param: Tensor, rows: Tensor,
+              grad: Tensor) -> None:
+    """torch.optim.Adam's update of `param`'s `rows` (unique) with their gradient,
+    kept in the optimiser's own state for `param` (checkpointed with it); untouched rows
+    and their moments stay as they are, as torch.optim.SparseAdam does."""
+    group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
+    if group.get("amsgrad") or group.get("maximize"):
+        raise ValueError("adam_rows: amsgrad/maximize are not supported")
+    state = optimizer.state[param]
+    if not state:
+        state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(param),
+                     exp_avg_sq=torch.zeros_like(param))
+    state["step"] += 1
+    step = float(state["step"])
+    beta1, beta2 = group["betas"]
+    if group["weight_decay"]:
+        grad = grad.add(param.index_select(0, rows), alpha=group["weight_decay"])
+    # index_select / index_copy_: row gathers and scatters, several times faster on a
+    # CPU than advanced indexing
+    exp_avg = state["exp_avg"].index_select(0, rows).mul_(beta1).add_(grad, alpha=1 - beta1)
+    exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(
+        grad, grad, value=1 - beta2)
+    state["exp_avg"].index_copy_(0, rows, exp_avg)
+    state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+    denom = exp_avg_sq.sqrt_().div_(math.sqrt(1 - beta2 ** step)).add_(group["eps"])
+    param.index_add_(0, rows, exp_avg.div_(denom), alpha=-group["lr"] / (1 - beta1 ** step))
+
+
 def domain_logits(users: Tensor, table: Tensor, domains: Sequence[str],
                   item_domains: Sequence[str]) -> Tensor:
     """users @ items, -inf outside each example's domain (full softmax per domain)."""
@@ -139,6 +185,7 @@ class EmbedMeOnline:
     weights_dir = "embedme"
     default_batch = 16
     default_replay = 0  # a transformer step is too dear to repeat
+    torch_threads = 0
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -193,6 +240,10 @@ class EmbedMeOnline:
         targets = model.item_rows([e.item_id for e in batch]).to(device)
         return nn.functional.cross_entropy(logits, targets)
 
+    def step(self, model: Any, batch: Sequence[Example], optimizer: torch.optim.Optimizer,
+             generator: torch.Generator) -> float:
+        return dense_step(model, self.loss(model, batch, generator), optimizer)
+
     def user_embeddings(self, model: Any, examples: Sequence[Example]) -> np.ndarray:
         out = [model.encode_texts([e.text(model.config.max_tokens) for e in
                                    examples[i:i + 32]]).cpu().float().numpy()
@@ -219,10 +270,21 @@ class EntityGraphOnline:
     # one pass over a short stream leaves zero-shot users at popularity's level (default
     # synthetic world); three replayed steps per step cost a quarter of the throughput
     default_replay = 3
+    # its ops are small (a step is ~10 ms): on 2 shared cores a second intra-op thread
+    # mostly waits for the first, and one thread measured 5x the rate of two
+    torch_threads = 1
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._vectors: Any = None  # EntityVectorCache, built on the first new entity
+        # entity rows per example id (`_example_rows`), for one model; room for the
+        # recent and held-out windows, where replay and the gate read them again
+        self._rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._rows_model: Any = None
+        self._rows_cap = 2 * (settings.trainer_recent_window + settings.trainer_holdout_window)
+        self._dom_key: tuple[int, int] | None = None  # `_domain_logits`' item-domain index
+        self._dom_rows = torch.zeros(0, dtype=torch.long)
+        self._dom_index: dict[str, int] = {}
 
     def _cache(self, model: Any) -> Any:
         from trainer.entitygraph.vectors import EntityVectorCache, TitleEncoder
@@ -289,6 +351,8 @@ class EntityGraphOnline:
 
         optimizer = make_optimizer(model, EntityGraphTrainConfig())
         optimizer.param_groups[1]["lr"] = ITEM_LR  # [dense, item table, entity table]
+        for group in optimizer.param_groups:  # one kernel per op over the small tensors
+            group["foreach"] = True
         return optimizer
 
     def prepare(self, model: Any, examples: Sequence[Example],
@@ -385,7 +449,7 @@ class EntityGraphOnline:
         used = rows[mask]
         uniq = torch.unique(used) if used.numel() else rows.new_zeros(1)
         index = torch.searchsorted(uniq, rows).clamp_(max=len(uniq) - 1)  # padding: any
-        sub = table.detach()[uniq].requires_grad_()
+        sub = table.detach().index_select(0, uniq).requires_grad_()
         users = model.encode_unique(sub, index, scores, mask)
         targets = model.item_rows([e.item_id for e in batch])
         loss = nn.functional.cross_entropy(self._domain_logits(model, users, batch), targets)

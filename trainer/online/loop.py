@@ -53,8 +53,6 @@ from trainer.optim import make_optimizer
 
 logger = logging.getLogger(__name__)
 
-GRAD_CLIP = 1.0
-
 
 @dataclass(frozen=True)
 class Record:
@@ -104,6 +102,8 @@ class OnlineTrainer:
         self.metrics = metrics
         self.announce = announce
         self.topic = settings.topic("training-examples")
+        if self.kind.torch_threads:  # process-wide: a trainer process trains one kind
+            torch.set_num_threads(self.kind.torch_threads)
         self.optimizer = self.kind.optimizer(model)
         self.batch_size = settings.trainer_batch_size or self.kind.default_batch
         self.replay = settings.trainer_replay if settings.trainer_replay is not None \
@@ -224,12 +224,7 @@ class OnlineTrainer:
         return value
 
     def _step(self, batch: Sequence[Example]) -> float:
-        loss = self.kind.loss(self.model, batch, self.generator)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
-        self.optimizer.step()
-        return float(loss.detach())
+        return self.kind.step(self.model, batch, self.optimizer, self.generator)
 
     def _replay(self, size: int) -> None:
         """Experience replay: after each step on new examples, `replay` steps on as many
