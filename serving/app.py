@@ -21,8 +21,8 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -85,6 +85,20 @@ class ApiConfig:
     title: str = "MeKB-Stream embedding service"
     extra_startup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     extra_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+@contextmanager
+def _version_errors(version: str) -> Iterator[None]:
+    """Registry and load errors of an admin action on `version`, as the HTTP answers
+    the API declares: unknown 404, refused by the registry 422, not loadable 409."""
+    try:
+        yield
+    except VersionNotFound:
+        raise HTTPException(404, f"no model version {version!r}") from None
+    except RegistryError as exc:
+        raise HTTPException(422, str(exc)) from None
+    except ModelLoadError as exc:
+        raise HTTPException(409, f"version {version} could not be loaded: {exc}") from None
 
 
 def _key_matches(given: str | None, keys: tuple[str, ...]) -> bool:
@@ -504,14 +518,8 @@ def create_app(
               response_model=ActivatedOut, responses=errors(401, 403, 404, 409, 422))
     async def activate(version: VersionId) -> Response:
         """Verify, load and warm `version`, then make it active here and in the registry."""
-        try:
+        with _version_errors(version):
             model = await manager.activate(version)
-        except VersionNotFound:
-            raise HTTPException(404, f"no model version {version!r}") from None
-        except RegistryError as exc:
-            raise HTTPException(422, str(exc)) from None
-        except ModelLoadError as exc:
-            raise HTTPException(409, f"version {version} could not be loaded: {exc}") from None
         return _json({"active": model.version, "kind": model.kind,
                 "load_seconds": round(model.load_seconds, 3)})
 
@@ -520,17 +528,11 @@ def create_app(
     async def pin(version: VersionId) -> Response:
         """Hold `version` active (loaded and warmed first if it is not): the trainer keeps
         training but publishes its new versions inactive until `/v1/models/unpin`."""
-        try:
+        with _version_errors(version):
             if registry.active_version() != version:
                 await manager.activate(version)  # verifies, loads, warms, moves ACTIVE
             mv = await asyncio.get_running_loop().run_in_executor(
                 None, lambda: registry.pin(version, verify=False))
-        except VersionNotFound:
-            raise HTTPException(404, f"no model version {version!r}") from None
-        except RegistryError as exc:
-            raise HTTPException(422, str(exc)) from None
-        except ModelLoadError as exc:
-            raise HTTPException(409, f"version {version} could not be loaded: {exc}") from None
         held = registry.pinned()
         return _json({"active": mv.version, "kind": mv.kind,
                       "pinned": held.to_json() if held else None})

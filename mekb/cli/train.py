@@ -161,9 +161,14 @@ def train(
     summary = {
         "dataset": dataset, "scenario": asdict(sc_cfg), "stats": sc.stats(),
         "model": asdict(model_cfg), "training": asdict(train_cfg),
-        "result": {**asdict(result), "losses": result.losses[-20:]},
-        "examples_per_s": result.examples / result.seconds if result.seconds else None,
     }
+    _write_summary(out, summary, result)
+
+
+def _write_summary(out: Path, summary: dict[str, Any], result: Any) -> None:
+    """`OUT/train.json` (the run's configuration and result) and the one-line report."""
+    summary = {**summary, "result": {**asdict(result), "losses": result.losses[-20:]},
+               "examples_per_s": result.examples / result.seconds if result.seconds else None}
     (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
     typer.echo(f"trained {result.steps} steps ({result.examples} examples, "
                f"{result.seconds:.0f} s); model in {out / 'model'}")
@@ -198,12 +203,8 @@ def _train_entitygraph(sc: Any, out: Path, *, dataset: str, seed: int, epochs: i
     summary = {
         "dataset": dataset, "kind": "entitygraph", "scenario": asdict(sc.config),
         "stats": sc.stats(), "model": asdict(model.config), "training": asdict(train_cfg),
-        "result": {**asdict(result), "losses": result.losses[-20:]},
-        "examples_per_s": result.examples / result.seconds if result.seconds else None,
     }
-    (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
-    typer.echo(f"trained {result.steps} steps ({result.examples} examples, "
-               f"{result.seconds:.0f} s); model in {out / 'model'}")
+    _write_summary(out, summary, result)
 
 
 def _train_kgrec(sc: Any, out: Path, *, dataset: str, seed: int, method: str,
