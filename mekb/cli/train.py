@@ -106,7 +106,7 @@ def train(
     from trainer.data.scenario import build_scenario
     from trainer.kgrec.scorers import SHORT as KGREC
     from trainer.model import EmbedMe, EmbedMeConfig
-    from trainer.offline import TrainConfig, TrainingInterrupted
+    from trainer.offline import TrainConfig
     from trainer.offline import train as run_training
 
     if model_kind not in ("embedme", "entitygraph", *KGREC):
@@ -143,13 +143,8 @@ def train(
 
     torch.manual_seed(seed)
     model = EmbedMe(model_cfg)
-    try:
-        result = run_training(model, sc, train_cfg, checkpoint_dir=out / "checkpoint",
-                              resume=resume, max_steps=max_steps)
-    except TrainingInterrupted:
-        typer.echo(f"interrupted: checkpoint in {out / 'checkpoint'}; rerun the same "
-                   "command to resume", err=True)
-        raise typer.Exit(130) from None
+    result = _resumable(run_training, model, sc, train_cfg, out, resume=resume,
+                        max_steps=max_steps)
     import torch.distributed as dist
 
     if dist.is_initialized():  # torchrun: rank 0 writes the outputs
@@ -163,6 +158,21 @@ def train(
         "model": asdict(model_cfg), "training": asdict(train_cfg),
     }
     _write_summary(out, summary, result)
+
+
+def _resumable(run_training: Any, model: Any, sc: Any, train_cfg: Any, out: Path, *,
+               resume: bool, max_steps: int | None) -> Any:
+    """Train with checkpoints in OUT/checkpoint; SIGINT ends with exit 130 and the line
+    that says how to resume (the same for every kind with a resumable loop)."""
+    from trainer.offline import TrainingInterrupted
+
+    try:
+        return run_training(model, sc, train_cfg, checkpoint_dir=out / "checkpoint",
+                            resume=resume, max_steps=max_steps)
+    except TrainingInterrupted:
+        typer.echo(f"interrupted: checkpoint in {out / 'checkpoint'}; rerun the same "
+                   "command to resume", err=True)
+        raise typer.Exit(130) from None
 
 
 def _write_summary(out: Path, summary: dict[str, Any], result: Any) -> None:
@@ -183,7 +193,6 @@ def _train_entitygraph(sc: Any, out: Path, *, dataset: str, seed: int, epochs: i
     from trainer.entitygraph.model import EntityGraphConfig
     from trainer.entitygraph.train import EntityGraphTrainConfig, build_model
     from trainer.entitygraph.train import train as run_training
-    from trainer.offline import TrainingInterrupted
 
     model_cfg = EntityGraphConfig(dim=dim, encoder=encoder, pretrained=pretrained)
     train_cfg = EntityGraphTrainConfig(
@@ -192,13 +201,8 @@ def _train_entitygraph(sc: Any, out: Path, *, dataset: str, seed: int, epochs: i
         progress=progress)
     model = build_model(model_cfg, sc, seed=seed,
                         cache_dir=cache or settings_with().data_dir / "entity-vectors")
-    try:
-        result = run_training(model, sc, train_cfg, checkpoint_dir=out / "checkpoint",
-                              resume=resume, max_steps=max_steps)
-    except TrainingInterrupted:
-        typer.echo(f"interrupted: checkpoint in {out / 'checkpoint'}; rerun the same "
-                   "command to resume", err=True)
-        raise typer.Exit(130) from None
+    result = _resumable(run_training, model, sc, train_cfg, out, resume=resume,
+                        max_steps=max_steps)
     model.save(out / "model")
     summary = {
         "dataset": dataset, "kind": "entitygraph", "scenario": asdict(sc.config),
