@@ -16,6 +16,23 @@ hold-out, item growth, micro-batch steps with the configured optimiser):
    time, and the refit's loss before → after.
 Medians of --repeat runs; the fine-tuning rate is also reported as a ratio of the
 forward-only rate measured in the same run.
+
+`--kinds` (issue 16): the continuous trainer of each model kind through the REAL path —
+an embedded Tansu broker, the `training-examples` topic (MEKB_PARTITIONS partitions),
+the trainer's own consumer loop (`trainer.online.service.run`: aiokafka fetches,
+decoding, hold-out, entity rows, micro-batch steps with the kind's defaults, replay,
+first publication, metrics, lag), built as `mekb trainer` builds it:
+
+    OMP_NUM_THREADS=1 nice -n 5 python bench/bench_online.py --kinds [--repeat 3] \
+        [--eg-examples 20000] [--embedme-examples 32] [--eg-replay N] [--eg-batch N]
+
+The examples are produced before the trainer starts (a backlog: the trainer's own rate,
+not the producer's). EntityGraph: 30 entities per example out of a 4 000-entity
+vocabulary, MiniLM title vectors; a first pass of 2 000 examples gives every entity
+its row (titles encoded once, batched) and the first version is published; the rate is
+trained examples / wall time from the first poll after that pass to the end of the last
+training call (the drain of a last partial batch, after an empty poll, included). EmbedMe
+(MiniLM, 64 tokens, batch 16): the same from its first poll on.
 """
 
 from __future__ import annotations
@@ -123,6 +140,139 @@ def run_once(max_tokens: int, n: int, batch: int, seed: int,
     }
 
 
+def kind_stream(n: int, seed: int, n_entities: int = 4000, per_example: int = 30,
+                n_items: int = 500) -> list[tuple[bytes, bytes]]:
+    """(key, value) training-examples records (docs/contracts.md), keyed by user."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        ents = rng.sample(range(n_entities), per_example)
+        user = f"u{i % 997}"
+        value = {"v": 1, "example_id": f"b{seed}-{i}", "user_id": user, "ts": float(i),
+                 "domain": "action", "item_id": f"i{rng.randrange(n_items)}",
+                 "mekb_version": 1, "mekb_size": per_example,
+                 "entities": [{"id": f"kb:e{e}", "title": f"entity {e}",
+                               "score": 1.0 / per_example} for e in ents]}
+        out.append((user.encode(), json.dumps(value).encode()))
+    return out
+
+
+def run_kind_through_broker(bootstrap: str, kind: str, warm: int, n: int, seed: int,
+                            data_dir: Path, replay: int | None = None,
+                            batch: int | None = None) -> dict[str, float]:
+    """One trainer of `kind` over warm + n records pre-produced into a fresh topic."""
+    import asyncio
+
+    import torch
+    from kafka import KafkaProducer
+    from prometheus_client import CollectorRegistry
+
+    from mekb.kafka_config import kafka_python_config
+    from mekb.registry import Registry, registry_root
+    from mekb.settings import Settings
+    from mekb.topics import create_topics
+    from trainer.online.checkpoint import CheckpointStore
+    from trainer.online.kinds import checkpoint_dir, online_kind
+    from trainer.online.loop import OnlineTrainer, model_config, state_dir
+    from trainer.online.metrics import TrainerMetrics
+    from trainer.online.resume import load_start
+    from trainer.online.service import Health, run
+
+    settings = Settings(
+        bootstrap_servers=bootstrap, broker_flavor="tansu", data_dir=data_dir,
+        topic_prefix=f"bench{seed}{kind[:2]}.", model_kind=kind, trainer_max_tokens=64,
+        trainer_dim=64, trainer_publish_every=0, trainer_publish_interval_s=0,
+        trainer_refit_interval_s=1e9, trainer_checkpoint_interval_s=1e9,
+        trainer_holdout_fraction=0.05, trainer_replay=replay, trainer_batch_size=batch)
+    create_topics(settings)
+    producer = KafkaProducer(**kafka_python_config(settings), linger_ms=5,
+                             batch_size=256 * 1024)
+    for key, value in kind_stream(warm, seed + 100) + kind_stream(n, seed):
+        producer.send(settings.topic("training-examples"), key=key, value=value)
+    producer.flush()
+    producer.close()
+
+    torch.manual_seed(settings.trainer_seed)
+    k = online_kind(kind, settings)
+    store = CheckpointStore(checkpoint_dir(state_dir(settings), kind))
+    registry = Registry(registry_root(settings))
+    start = load_start(settings, store, registry, model_config(settings), k)
+    prom = CollectorRegistry()
+    trainer = OnlineTrainer(settings, start.model, start.state, start.optimizer_state,
+                            store, registry, TrainerMetrics(prom), kind=k)
+    total = warm + n
+    # per process() call that consumed or trained: (start, end, consumed before,
+    # trained before, consumed after, trained after)
+    marks: list[tuple[float, float, int, int, int, int]] = []
+    process = trainer.process
+
+    def timed(records: Any, now: float | None = None) -> Any:
+        t0, c0, s0 = time.perf_counter(), sum(trainer.offsets.values()), \
+            trainer.state.examples_seen
+        out = process(records, now)
+        if records or trainer.state.examples_seen > s0:
+            marks.append((t0, time.perf_counter(), c0, s0, sum(trainer.offsets.values()),
+                          trainer.state.examples_seen))
+        return out
+
+    trainer.process = timed  # type: ignore[method-assign]
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run(settings, trainer, Health(), stop))
+        while not (marks and marks[-1][4] >= total and not trainer.pending) \
+                and not task.done():
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    # from the first call after the warm-up records to the end of the last one: fetch
+    # waits between calls included (the drain of the last partial batch waits for an
+    # empty poll, POLL_MS: counted too)
+    first = next(m for m in marks if m[2] >= warm)
+    last = marks[-1]
+    return {"rate": (last[5] - first[3]) / (last[1] - first[0]), "trained": last[5] - first[3],
+            "seconds": last[1] - first[0], "batch": trainer.batch_size,
+            "replay": trainer.replay, "threads": torch.get_num_threads(),
+            # the one publication of the run (gate, checkpoint, export, publish, activate)
+            "publish_s": prom.get_sample_value("mekb_trainer_publish_duration_seconds_sum",
+                                               {"kind": "full"}) or 0.0}
+
+
+def bench_kinds(args: argparse.Namespace) -> None:
+    import os
+
+    import torch
+
+    from mekb.broker import EmbeddedBroker
+
+    threads = torch.get_num_threads()
+    results: dict[str, list[dict[str, float]]] = {"embedme": [], "entitygraph": []}
+    with EmbeddedBroker() as broker:
+        for seed in range(args.repeat):  # kinds interleaved: the same load for both
+            for kind in results:
+                torch.set_num_threads(threads)  # a kind may set its own (torch_threads)
+                warm, n = (2000, args.eg_examples) if kind == "entitygraph" else \
+                    (0, args.embedme_examples)
+                with tempfile.TemporaryDirectory() as tmp:
+                    r = run_kind_through_broker(
+                        broker.bootstrap_servers, kind, warm, n, seed, Path(tmp),
+                        *((args.eg_replay, args.eg_batch) if kind == "entitygraph" else ()))
+                results[kind].append(r)
+                print(f"  run {seed} {kind}: {r['rate']:.1f} examples/s ({r['trained']:.0f} "
+                      f"in {r['seconds']:.1f} s, load {os.getloadavg()[0]:.1f}; first "
+                      f"publication {r['publish_s']:.1f} s)", flush=True)
+    med = {k: statistics.median(r["rate"] for r in v) for k, v in results.items()}
+    for kind, runs in results.items():
+        r = runs[0]
+        rates = ", ".join(f"{x['rate']:.1f}" for x in runs)
+        print(f"continuous trainer {kind} through the broker: {med[kind]:.1f} examples/s "
+              f"(median of {len(runs)}: {rates}; batch "
+              f"{r['batch']:.0f}, replay {r['replay']:.0f}, torch threads {r['threads']:.0f})")
+    print(f"EntityGraph / EmbedMe: {med['entitygraph'] / med['embedme']:.0f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=256)
@@ -131,7 +281,21 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--freeze-layers", type=int, nargs="+", default=[0],
                         help="MEKB_TRAINER_FREEZE_LAYERS values to compare")
+    parser.add_argument("--kinds", action="store_true",
+                        help="EntityGraph vs EmbedMe through the real broker (issue 16)")
+    parser.add_argument("--eg-examples", type=int, default=20000)
+    parser.add_argument("--embedme-examples", type=int, default=32)
+    parser.add_argument("--eg-replay", type=int, default=None,
+                        help="MEKB_TRAINER_REPLAY for EntityGraph (default: the kind's, 3)")
+    parser.add_argument("--eg-batch", type=int, default=None,
+                        help="MEKB_TRAINER_BATCH_SIZE for EntityGraph (default: the kind's, 256)")
     args = parser.parse_args()
+    if args.kinds:
+        from mekb.logs import configure_logging
+
+        configure_logging("WARNING", False)
+        bench_kinds(args)
+        return
     import torch
 
     from mekb.logs import configure_logging

@@ -22,13 +22,8 @@ produced on mekb-updates. Then, per repeat:
 4. hot swap: the hit load runs while V2 is activated and then rolled back through the
    admin endpoint: errors and non-200 answers are counted.
 
-`--kinds` (issue 16) instead runs the service in-process (replica, refresher, batcher,
-real ONNX Runtime; no HTTP, no broker), EntityGraph vs EmbedMe in the same run:
-refresh throughput (users/s: N updates applied at once until all are precomputed) and,
-for EntityGraph, freshness under --kinds-rate updates/s for --duration s (the worker's
-`updated_at` -> precomputed, from mekb_serving_precompute_lag_seconds; deferred count).
-
-    nice -n 10 python bench/bench_serving.py --kinds [--kinds-rate 5000] [--duration 10]
+Model kinds (issue 16: EntityGraph's refresh and freshness, a hot swap between kinds):
+bench/bench_serving_kinds.py.
 
 Client: a minimal keep-alive HTTP/1.1 client on asyncio streams (httpx would spend
 more CPU than the server on these 2 cores). Medians over --repeat; the machine is
@@ -481,143 +476,6 @@ async def one_repeat(args: argparse.Namespace, settings: Settings, server: Serve
     return out, version
 
 
-# --- --kinds: EntityGraph vs EmbedMe refresh, in-process ------------------------------
-def entitygraph_version(reg: Registry, n_entities: int, item_ids: list[str],
-                        domains: list[str]) -> str:
-    """A random EntityGraph (MiniLM-sized entity vectors, K=256) published as a version."""
-    import numpy as np
-    import torch
-
-    from trainer.entitygraph.model import EntityGraph, EntityGraphConfig
-    from trainer.online.kinds import EntityGraphOnline
-
-    torch.manual_seed(0)
-    model = EntityGraph(EntityGraphConfig(dim=256), 384).eval()
-    vecs = np.random.default_rng(0).standard_normal((n_entities, 384)).astype(np.float32)
-    model.add_entities([f"kb:e{n}" for n in range(n_entities)], vecs / 20.0)
-    model.add_items(item_ids, domains)
-    version = "20261124T120000Z-bb0e60"
-    if version not in {v.version for v in reg.list()}:
-        bundle = EntityGraphOnline(Settings()).write_full_bundle(
-            model, reg.root.parent / "eg-bundle", version=version, parent=None, gate={},
-            metrics={}, offsets={})
-        reg.publish(bundle, move=True)
-    return version
-
-
-def eg_value(user: str, version: int, rng: random.Random, n_entities: int) -> bytes:
-    now = time.time()
-    ents = rng.sample(range(n_entities), rng.randint(5, 60))
-    return json.dumps({"v": 1, "user_id": user, "version": version, "ts": now,
-                       "updated_at": now, "entities": [
-                           {"id": f"kb:e{e}", "title": f"entity {e}", "k": 1.0,
-                            "score": 1.0 / len(ents)} for e in ents]}).encode()
-
-
-async def refresh_rate(model: Any, values: list[tuple[str, bytes]], tmp: Path) -> float:
-    """Users/s: all `values` applied at once, until every one is precomputed."""
-    from prometheus_client import CollectorRegistry
-
-    from serving.metrics import ServingMetrics
-    from serving.replica import Incoming, Replica
-    from serving.service import EmbeddingService
-
-    # no deferral: EmbedMe's refresher would hand users older than 2 s to on-demand
-    service = EmbeddingService(Replica(tmp), ServingMetrics(CollectorRegistry()),
-                               refresh_max_lag_s=1e9)
-    service.replica_caught_up = True
-    await service.start()
-    try:
-        service.activate(model)
-        t0 = time.perf_counter()
-        service.on_applied(service.replica.apply(
-            [Incoming(0, n, u.encode(), v) for n, (u, v) in enumerate(values)]))
-        while len(service.cache) < len(values):
-            await asyncio.sleep(0.002)
-        return len(values) / (time.perf_counter() - t0)
-    finally:
-        await service.stop()
-
-
-async def sustained(model: Any, rate: float, duration: float, n_users: int, n_entities: int,
-                    tmp: Path) -> dict[str, float]:
-    """Updates at `rate`/s in 20 ms ticks; precompute lag quantiles and deferrals."""
-    from prometheus_client import CollectorRegistry
-
-    from serving.metrics import ServingMetrics
-    from serving.replica import Incoming, Replica
-    from serving.service import EmbeddingService
-
-    prom = CollectorRegistry()
-    service = EmbeddingService(Replica(tmp), ServingMetrics(prom))
-    service.replica_caught_up = True
-    await service.start()
-    rng = random.Random(3)
-    version: dict[str, int] = {}
-    offset = 0
-    try:
-        service.activate(model)
-        start = time.perf_counter()
-        tick = 0.02
-        while time.perf_counter() - start < duration:
-            due = int((time.perf_counter() - start) * rate) - offset
-            batch = []
-            for _ in range(max(0, due)):
-                user = f"user{rng.randrange(n_users)}"
-                version[user] = version.get(user, 0) + 1
-                batch.append(Incoming(0, offset, user.encode(),
-                                      eg_value(user, version[user], rng, n_entities)))
-                offset += 1
-            if batch:
-                service.on_applied(service.replica.apply(batch))
-            await asyncio.sleep(tick)
-        while service._pending:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.2)
-    finally:
-        await service.stop()
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for m in prom.collect() for s in m.samples}
-    name = "mekb_serving_precompute_lag_seconds"
-    count = samples.get((f"{name}_count", ()), 0.0)
-    within = {le: samples.get((f"{name}_bucket", (("le", le),)), 0.0)
-              for le in ("0.1", "0.25", "0.5", "1.0")}
-    deferred = samples.get(("mekb_serving_refresh_total", (("outcome", "deferred"),)), 0.0)
-    return {"updates": float(offset), "rate": offset / duration, "precomputed": count,
-            **{f"share_le_{le}s": (v / count if count else 0.0) for le, v in within.items()},
-            "deferred": deferred}
-
-
-def kinds_main(args: argparse.Namespace) -> None:
-    from serving.model import load_model
-
-    work = Path(tempfile.mkdtemp(prefix="bench-kinds-"))
-    try:
-        root = build_registry(work / f"models-{args.max_tokens}", args.max_tokens)
-        reg = Registry(root)
-        em = reg.get(V1)
-        items = json.loads((em.path / "items.json").read_text())
-        n_entities = 20000
-        eg = entitygraph_version(reg, n_entities, items["item_ids"], items["domains"])
-        words = vocabulary(root)
-        rng = random.Random(1)
-        em_model = load_model(reg, V1, device="cpu")
-        eg_model = load_model(reg, eg, device="cpu")
-        for r in range(args.repeat):
-            em_vals = [(f"u{n}", user_value(f"u{n}", 1, rng, words)) for n in range(100)]
-            eg_vals = [(f"u{n}", eg_value(f"u{n}", 1, rng, n_entities)) for n in range(20000)]
-            em_rate = asyncio.run(refresh_rate(em_model, em_vals, work / f"r-em-{r}"))
-            eg_rate = asyncio.run(refresh_rate(eg_model, eg_vals, work / f"r-eg-{r}"))
-            fresh = asyncio.run(sustained(eg_model, args.kinds_rate, args.duration, 50000,
-                                          n_entities, work / f"r-fresh-{r}"))
-            print(json.dumps({"repeat": r + 1, "embedme_refresh_users_per_s": round(em_rate, 1),
-                              "entitygraph_refresh_users_per_s": round(eg_rate, 1),
-                              "ratio": round(eg_rate / em_rate, 1),
-                              "entitygraph_sustained": fresh}), flush=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=10.0)
@@ -635,13 +493,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None,
                     help="keep bundles here between runs (default: a temporary directory)")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON result here")
-    ap.add_argument("--kinds", action="store_true",
-                    help="in-process refresh/freshness: EntityGraph vs EmbedMe (issue 16)")
-    ap.add_argument("--kinds-rate", type=float, default=5000.0)
     args = ap.parse_args()
-    if args.kinds:
-        kinds_main(args)
-        return
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-serving-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """Stream worker throughput: synthetic interactions through the real broker and a real
 `mekb worker` process (RocksDB state, changelog, outputs, df partials, offset commits).
 
-    nice -n 10 python bench/bench_streams.py [--events 200000] [--repeat 3] [--faust]
+    nice -n 10 python bench/bench_streams.py [--events 200000] [--repeat 3]
+        [--runtimes aiokafka,faust] [--faust]
 
 Per run, on fresh topics of one broker (the embedded Tansu unless --bootstrap):
 1. the items are linked by a first worker process, which is then stopped;
@@ -17,6 +18,10 @@ Per run, on fresh topics of one broker (the embedded Tansu unless --bootstrap):
    The end is polled every 0.25 s: a /metrics scrape renders every series and costs
    the worker CPU (Prometheus scrapes every 15 s), so polling it at 10-50 Hz
    would slow what is measured; the rate is understated by at most 0.25 s.
+--runtimes measures the default aiokafka worker and/or `mekb worker --runtime faust`
+(the same agents as faust-streaming agents, streams/faust_app.py), each run on topics
+of its own, one after the other, with its own baseline; the summary gives the Faust
+runtime's median over the aiokafka worker's.
 With --faust the run also measures a faust-streaming agent that only counts events
 from `stream.take()` (no processing, no state): the ceiling a Faust runtime would have.
 Medians of --repeat runs; ratios are against the baseline of the same run.
@@ -51,6 +56,7 @@ from streams.synthetic import EventLog, alias_rows, generate  # noqa: E402
 
 TARGET_RATE = 20_000.0
 TARGET_RATIO = 0.25
+RUNTIMES = ("aiokafka", "faust")
 INPUT_OUTCOMES = ("applied", "duplicate", "ignored", "parked", "dead_letter")
 
 
@@ -101,7 +107,8 @@ def cpu_seconds(pid: int | None) -> float:
 
 class WorkerProc:
     def __init__(self, settings: Settings, alias: Path, log: Path,
-                 profile: Path | None = None) -> None:
+                 profile: Path | None = None, runtime: str = "aiokafka",
+                 log_level: str = "WARNING") -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MEKB_")}
         self.port = free_port()
         env.update({
@@ -109,7 +116,7 @@ class WorkerProc:
             "MEKB_BROKER_FLAVOR": settings.flavor, "MEKB_TOPIC_PREFIX": settings.topic_prefix,
             "MEKB_PARTITIONS": str(settings.partitions), "MEKB_DATA_DIR": str(settings.data_dir),
             "MEKB_ALIAS_TABLE": str(alias), "MEKB_WORKER_ID": "bench",
-            "MEKB_WORKER_PORT": str(self.port), "MEKB_LOG_LEVEL": "WARNING",
+            "MEKB_WORKER_PORT": str(self.port), "MEKB_LOG_LEVEL": log_level,
             "MEKB_TARGET_DOMAINS": settings.target_domains,
             "MEKB_WORKER_BATCH_MAX": str(settings.worker_batch_max),
         })
@@ -117,8 +124,8 @@ class WorkerProc:
             env["MEKB_EXAMPLE_ENTITIES"] = str(settings.example_entities)
         self.log = log
         prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
-        self.proc = subprocess.Popen([sys.executable, *prof, "-m", "mekb.cli.main", "worker"],
-                                     env=env,
+        self.proc = subprocess.Popen([sys.executable, *prof, "-m", "mekb.cli.main", "worker",
+                                      "--runtime", runtime], env=env,
                                      stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
 
     def metrics(self) -> dict[str, float]:
@@ -208,7 +215,8 @@ def _faust_rate(settings: Settings, n: int) -> float:
 
 
 def one_run(base: Settings, alias: Path, log: EventLog, work: Path, faust: bool,
-            profile: Path | None = None, broker_pid: int | None = None) -> dict[str, float]:
+            profile: Path | None = None, broker_pid: int | None = None,
+            runtime: str = "aiokafka") -> dict[str, float]:
     prefix = f"bench{uuid.uuid4().hex[:8]}-"
     settings = Settings(**{**base.model_dump(), "topic_prefix": prefix,
                            "data_dir": work / prefix})
@@ -226,7 +234,7 @@ def one_run(base: Settings, alias: Path, log: EventLog, work: Path, faust: bool,
     produce_rate = len(pairs) / (time.perf_counter() - started)
     raw_rate = asyncio.run(_raw_consume(settings, len(pairs)))
 
-    worker = WorkerProc(settings, alias, work / f"{prefix}worker.log", profile)
+    worker = WorkerProc(settings, alias, work / f"{prefix}worker.log", profile, runtime)
     try:
         first = 0.0
 
@@ -278,11 +286,16 @@ def main() -> None:
                         "MEKB_TRAINER_MAX_TOKENS // 2 = 64; 0: the whole MeKB)")
     parser.add_argument("--batch-max", type=int, default=Settings().worker_batch_max,
                         help="MEKB_WORKER_BATCH_MAX of the worker (default: the worker's)")
+    parser.add_argument("--runtimes", default="aiokafka",
+                        help="comma-separated worker runtimes to measure: aiokafka, faust")
     parser.add_argument("--faust", action="store_true",
                         help="also measure a no-op faust-streaming take() agent")
     parser.add_argument("--profile", type=Path,
                         help="run the measured worker under cProfile, stats to this file")
     args = parser.parse_args()
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    if not runtimes or set(runtimes) - set(RUNTIMES):
+        parser.error(f"--runtimes: a comma-separated list of {', '.join(RUNTIMES)}")
 
     from linker.alias_table import AliasTable
 
@@ -298,28 +311,39 @@ def main() -> None:
     base = Settings(bootstrap_servers=bootstrap, broker_flavor=args.flavor,
                     partitions=args.partitions, data_dir=work, target_domains=args.target_domains,
                     worker_batch_max=args.batch_max, example_entities=args.example_entities)
-    rows = []
+    rows: dict[str, list[dict[str, float]]] = {r: [] for r in runtimes}
     try:
         for i in range(args.repeat):
-            row = one_run(base, work / "alias", log, work, args.faust, args.profile,
-                          broker.pid if broker is not None else None)
-            rows.append(row)
-            print(f"run {i + 1}: " + "  ".join(f"{k} {v:,.2f}" for k, v in row.items()),
-                  flush=True)
+            for runtime in runtimes:
+                row = one_run(base, work / "alias", log, work,
+                              args.faust and runtime == runtimes[0], args.profile,
+                              broker.pid if broker is not None else None, runtime)
+                rows[runtime].append(row)
+                print(f"run {i + 1} ({runtime}): "
+                      + "  ".join(f"{k} {v:,.2f}" for k, v in row.items()), flush=True)
     finally:
         if broker is not None:
             broker.stop()
         shutil.rmtree(work, ignore_errors=True)
-    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    meds = {rt: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+            for rt, rs in rows.items()}
+    med = meds[runtimes[0]]
     limit = StreamConfig.from_settings(base).example_entities
     examples = ("no training examples" if args.target_domains == "none" else
                 f"training examples of {limit or 'all'} entities at most (MEKB_EXAMPLE_ENTITIES)")
-    print(f"\nmedian of {len(rows)} runs, {int(med['events']):,} interactions, "
+    print(f"\nmedian of {args.repeat} runs, {int(med['events']):,} interactions, "
           f"{args.users:,} users, {args.partitions} partitions, {examples}:")
+    print(f"  runtime               {runtimes[0]}")
     print(f"  worker end-to-end     {med['rate']:>10,.0f} events/s   "
           f"(target >= {TARGET_RATE:,.0f})")
     print(f"  raw aiokafka consume  {med['raw_rate']:>10,.0f} events/s")
     print(f"  ratio                 {med['ratio']:>10.1%}          (target >= {TARGET_RATIO:.0%})")
+    for runtime in runtimes[1:]:
+        other = meds[runtime]
+        print(f"  {runtime} worker  {other['rate']:>14,.0f} events/s   "
+              f"({other['ratio']:.1%} of its run's raw consume; peak RSS "
+              f"{other['peak_rss_mib']:,.0f} MiB)")
+        print(f"  {runtime} / {runtimes[0]:<12}{other['rate'] / med['rate']:>8.2f}x")
     if "faust_rate" in med:
         print(f"  faust take() no-op    {med['faust_rate']:>10,.0f} events/s   "
               f"({med['faust_ratio']:.1%} of raw)")

@@ -111,6 +111,16 @@ class InteractionEvent(_Event):
         )
 
 
+class UserDeleteEvent(_Event):
+    """Erase a user (topic `interactions`, key user_id): the stream worker removes the
+    user's state. On the interactions topic, not a topic of its own, so that it is
+    ordered with the user's interactions: what was produced before it is erased, what
+    comes after it starts a new MeKB (docs/contracts.md)."""
+
+    type: Literal["delete_user"]
+    user_id: Id
+
+
 E = TypeVar("E", bound=_Event)
 
 
@@ -131,6 +141,13 @@ def _first_error(exc: ValidationError) -> EventError:
 
 def parse_event(model: type[E], raw: bytes | str | dict[str, Any]) -> E:
     """Validate one event; raise EventError naming the first bad field."""
+    try:
+        return model.model_validate(_json_object(raw))
+    except ValidationError as exc:
+        raise _first_error(exc) from None
+
+
+def _json_object(raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
     if isinstance(raw, (bytes, bytearray)):
         if len(raw) > MAX_EVENT_BYTES:
             raise EventError("event", "oversized", f"{len(raw)} bytes > {MAX_EVENT_BYTES}")
@@ -147,14 +164,25 @@ def parse_event(model: type[E], raw: bytes | str | dict[str, Any]) -> E:
             raise EventError("event", "bad_json", f"not JSON: {exc.msg} at {exc.pos}") from None
     if not isinstance(raw, dict):
         raise EventError("event", "not_object", "must be a JSON object")
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise _first_error(exc) from None
+    return raw
 
 
 def parse_interaction(raw: bytes | str | dict[str, Any]) -> InteractionEvent:
     return parse_event(InteractionEvent, raw)
+
+
+def parse_interactions_record(
+    raw: bytes | str | dict[str, Any],
+) -> InteractionEvent | UserDeleteEvent:
+    """A record of the interactions topic: an interaction, or with a `type` field a
+    user deletion (an interaction has no `type`)."""
+    obj = _json_object(raw)
+    model: type[InteractionEvent] | type[UserDeleteEvent] = (
+        UserDeleteEvent if "type" in obj else InteractionEvent)
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise _first_error(exc) from None
 
 
 def parse_item(raw: bytes | str | dict[str, Any]) -> ItemEvent:
@@ -166,8 +194,8 @@ def encode(event: BaseModel) -> bytes:
     return event.model_dump_json(exclude_none=True).encode("utf-8")
 
 
-def event_key(event: ItemEvent | InteractionEvent) -> bytes:
-    """Partition key: user for interactions (per-user state), item for items."""
-    if isinstance(event, InteractionEvent):
+def event_key(event: ItemEvent | InteractionEvent | UserDeleteEvent) -> bytes:
+    """Partition key: user for interactions and deletions (per-user state), item for items."""
+    if isinstance(event, (InteractionEvent, UserDeleteEvent)):
         return event.user_id.encode("utf-8")
     return event.item_id.encode("utf-8")

@@ -12,14 +12,16 @@ the caller chose to drop such columns (`ignore_extra_columns`).
 from __future__ import annotations
 
 import base64
+import bz2
 import csv
 import gzip
 import itertools
 import json
 import logging
+import lzma
 import time
 from collections import Counter
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -84,10 +86,21 @@ class Line:
     raw: bytes | None = None  # the original bytes of a line that is not UTF-8
 
 
+# Compressed inputs, by suffix: a file is read through the matching decompressor.
+COMPRESSIONS: dict[str, Callable[..., Any]] = {
+    ".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
 def _open_binary(path: Path) -> IO[bytes]:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+    opener = COMPRESSIONS.get(path.suffix)
+    if opener is not None:
+        return opener(path, "rb")
     return open(path, "rb")  # noqa: SIM115
+
+
+def base_name(path: Path) -> str:
+    """The file name without its compression suffix (`a.csv.xz` -> `a.csv`)."""
+    return path.name.removesuffix(path.suffix) if path.suffix in COMPRESSIONS else path.name
 
 
 def _decode(number: int, data: bytes) -> tuple[str, EventError | None]:
@@ -129,13 +142,13 @@ def _csv_row_to_event(row: dict[str, str]) -> dict[str, Any]:
 def read_lines(
     path: Path, *, ignore_extra_columns: bool = False
 ) -> Generator[tuple[Line, dict[str, Any] | str], None, None]:
-    """Yield (line, parsed dict or raw text) for a JSONL or CSV file (optionally .gz).
+    """Yield (line, parsed dict or raw text) for a JSONL or CSV file (optionally .gz,
+    .bz2 or .xz).
     A line with `error` set is to be rejected as it is. Raises ProduceError for a CSV
     header with unknown or repeated columns (unless ignore_extra_columns: then unknown
     columns, and cells beyond the header, are dropped)."""
-    name = path.name.removesuffix(".gz")
     with _open_binary(path) as fh:
-        if name.endswith(".csv"):
+        if base_name(path).endswith(".csv"):
             yield from _read_csv(path, fh, ignore_extra_columns)
             return
         for number, data in enumerate(fh, start=1):

@@ -185,6 +185,25 @@ class Settings(BaseSettings):
         description="Event ids remembered per user to drop duplicates: a duplicate is "
         "dropped if fewer than this many distinct events of the user came in between.",
     )
+    decay_half_life_s: float = Field(
+        default=0.0, ge=0.0,
+        description="Event-time half-life of a user's counts k(e), in seconds (0 = no "
+        "decay). Counts are kept as of the user's newest event time: an event at t first "
+        "decays them by 2^-((t - ts)/half-life) (a late event adds its weight decayed "
+        "instead). K* smoothing applies to the decayed counts.",
+    )
+    decay_min_k: float = Field(
+        default=0.01, gt=0.0,
+        description="With decay: an entity whose decayed k falls below this leaves the "
+        "user's MeKB (and df(e)) at the user's next event.",
+    )
+    user_ttl_s: float = Field(
+        default=0.0, ge=0.0,
+        description="Remove a user whose newest event is more than this many seconds "
+        "(event time) behind the partition's stream time, the newest event time the "
+        "partition applied (0 = keep users forever). Their counts leave df(e) and N; serving "
+        "forgets them; a later event starts a new MeKB.",
+    )
     park_max: int = Field(
         default=100_000, ge=0,
         description="Interactions parked per partition while their item is unknown; beyond "
@@ -205,6 +224,12 @@ class Settings(BaseSettings):
         default=200_000, ge=0,
         description="Decoded user states kept in memory by the stream worker (RocksDB holds "
         "all of them).",
+    )
+    worker_memory_budget_mb: int | None = Field(
+        default=None, ge=1,
+        description="Memory the stream worker may use (MiB). Set: the worker estimates its "
+        "item table, df table, user cache and process (streams/memory_budget.py) at start "
+        "and refuses to start if they exceed it, instead of swapping. Unset = no check.",
     )
     worker_id: str = Field(
         default="worker-0", pattern=r"^[A-Za-z0-9._-]{1,64}$",
@@ -285,6 +310,12 @@ class Settings(BaseSettings):
     serving_replica_dir: Path | None = Field(
         default=None,
         description="RocksDB replica of mekb-updates. Unset = $MEKB_DATA_DIR/serving/replica.",
+    )
+    serving_shard: str = Field(
+        default="0/1", pattern=r"^\s*\d+\s*/\s*\d+\s*$",
+        description="i/n: this replica follows only the mekb-updates partitions p with "
+        "p % n == i and answers 421 for other users (routing rule: serving/sharding.py, "
+        "docs/contracts.md). 0/1 = every user.",
     )
     serving_upstream_timeout_s: float = Field(
         default=5.0, gt=0.0,

@@ -41,6 +41,7 @@ from serving.model import ItemSet, LoadedModel, ModelLoadError, load_items
 from serving.schemas import (
     ActivatedOut,
     BatchEmbeddingsOut,
+    ErrorOut,
     HealthOut,
     ItemEmbeddingsOut,
     ModelsOut,
@@ -54,6 +55,7 @@ from serving.schemas import (
     errors,
 )
 from serving.service import EmbeddingService, UserEmbedding
+from serving.sharding import ShardMap
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +86,12 @@ class ApiConfig:
     score_window_s: float = SCORE_WINDOW_S
     title: str = "MeKB-Stream embedding service"
     extra_startup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Publishes a user's deletion (mekb.erasure.UserDeleter.delete for one id); None:
+    # DELETE /v1/users/{user_id} answers 503 (serving runs without Kafka).
+    delete_user: Callable[[str], Awaitable[Any]] | None = None
     extra_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Sharded serving (MEKB_SERVING_SHARD): users of other shards get 421; None = every user.
+    shards: ShardMap | None = None
 
 
 @contextmanager
@@ -120,6 +127,14 @@ class BatchRequest(BaseModel):
         False, description="Accept a cached embedding of an older MeKB version (flagged stale) "
         "instead of computing the current one.",
     )
+
+
+class UserDeletedOut(BaseModel):
+    user_id: str
+    status: str = Field(description="`accepted`: the deletion is on `interactions`; the "
+                        "stream worker applies it in order with the user's events.")
+    partition: int
+    offset: int
 
 
 def _embedding_json(e: UserEmbedding, replica_stale: bool) -> dict[str, Any]:
@@ -348,9 +363,14 @@ def create_app(
 
     auth = [Depends(user_auth)]
 
+    def misrouted(user_ids: list[str]) -> Response | None:
+        """421 Misdirected Request for users another shard serves (the body names it)."""
+        body = cfg.shards.foreign(user_ids) if cfg.shards is not None else None
+        return None if body is None else _json(body, 421)
+
     # --- users ---------------------------------------------------------------------------
     @app.get("/v1/users/{user_id}/embedding", dependencies=auth, tags=["users"],
-             response_model=UserEmbeddingOut, responses=errors(401, 422, 503))
+             response_model=UserEmbeddingOut, responses=errors(401, 422, 503, 421))
     async def user_embedding(
         user_id: UserId,
         allow_stale: Annotated[bool, Query(description="accept an older cached embedding")] = False,
@@ -358,26 +378,32 @@ def create_app(
         """The user's embedding by the active model version, computed from the user's
         latest MeKB (never older unless `allow_stale`, then `stale` says so). Unknown
         user: the embedding of an empty MeKB, `cold_start: true`, `mekb_version: 0`."""
+        if (foreign := misrouted([user_id])) is not None:
+            return foreign
         model = pinned()
         result = await service.embed(model, [user_id], allow_stale=allow_stale)
         return _json(_embedding_json(result[0], service.replica_stale))
 
     @app.post("/v1/users/embeddings", dependencies=auth, tags=["users"],
-              response_model=BatchEmbeddingsOut, responses=errors(401, 422, 503))
+              response_model=BatchEmbeddingsOut, responses=errors(401, 422, 503, 421))
     async def user_embeddings(body: BatchRequest) -> Response:
         """Embeddings of up to MEKB_SERVING_MAX_BATCH_IDS users, all by one model version."""
         if len(body.user_ids) > cfg.max_batch_ids:
             raise HTTPException(422, f"user_ids: at most {cfg.max_batch_ids} ids per request, "
                                 f"got {len(body.user_ids)}")
+        if (foreign := misrouted(body.user_ids)) is not None:
+            return foreign
         model = pinned()
         result = await service.embed(model, body.user_ids, allow_stale=body.allow_stale)
         return _json({"model_version": model.version, "dim": model.dim,
                 "embeddings": [_embedding_json(e, service.replica_stale) for e in result]})
 
     @app.get("/v1/users/{user_id}/mekb", dependencies=auth, tags=["users"],
-             response_model=UserMeKBOut, responses=errors(401, 404, 422))
+             response_model=UserMeKBOut, responses=errors(401, 404, 422, 421))
     async def user_mekb(user_id: UserId) -> Response:
         """The user's MeKB: weighted entities (best first) and recently seen items."""
+        if (foreign := misrouted([user_id])) is not None:
+            return foreign
         rec = service.record(user_id)
         if rec is None:
             raise HTTPException(404, f"user {user_id!r} has no MeKB (no interactions applied)")
@@ -386,7 +412,7 @@ def create_app(
                 "updated_at": rec.updated_at, "entities": ranked, "seen_items": rec.seen_items})
 
     @app.get("/v1/users/{user_id}/recommendations", dependencies=auth, tags=["users"],
-             response_model=RecommendationsOut, responses=errors(401, 404, 422, 503))
+             response_model=RecommendationsOut, responses=errors(401, 404, 422, 503, 421))
     async def recommendations(
         user_id: UserId,
         domain: Annotated[str, Query(min_length=1, max_length=DOMAIN_MAX)],
@@ -396,6 +422,8 @@ def create_app(
         same model version, excluding the user's seen items."""
         if k > cfg.max_k:
             raise HTTPException(422, f"k: at most {cfg.max_k}, got {k}")
+        if (foreign := misrouted([user_id])) is not None:
+            return foreign
         model = pinned()
         items = model.items
         matrix = items.domain_matrix.get(domain)
@@ -537,6 +565,29 @@ def create_app(
         return _json({"active": mv.version, "kind": mv.kind,
                       "pinned": held.to_json() if held else None})
 
+    @app.delete("/v1/users/{user_id}", dependencies=admin, tags=["admin"], status_code=202,
+                response_model=UserDeletedOut, responses={**errors(401, 403, 422), 503: {
+                    "model": ErrorOut, "description": "The broker did not take the deletion "
+                    "(or serving runs without Kafka)."}})
+    async def delete_user(user_id: UserId) -> Response:
+        """Erase a user: publish a `delete_user` record to `interactions` (docs/contracts.md).
+        The stream worker removes the user's MeKB, df and N included; this replica and
+        cache drop the user at the tombstone that follows on mekb-updates."""
+        if cfg.delete_user is None:
+            raise HTTPException(503, "user deletion needs Kafka (serving runs without it)")
+        from aiokafka.errors import KafkaError
+        from pydantic import ValidationError
+
+        try:
+            published = await cfg.delete_user(user_id)
+        except ValidationError as exc:
+            raise HTTPException(422, f"user_id: {exc.errors()[0]['msg']}") from None
+        except (KafkaError, OSError) as exc:
+            raise HTTPException(503, f"deletion not published: {type(exc).__name__}: "
+                                f"{exc}") from None
+        return _json({"user_id": published.user_id, "status": "accepted",
+                      "partition": published.partition, "offset": published.offset}, 202)
+
     @app.post("/v1/models/unpin", dependencies=admin, tags=["admin"],
               response_model=UnpinnedOut, responses=errors(401, 403))
     async def unpin() -> Response:
@@ -547,8 +598,9 @@ def create_app(
     # --- operations -------------------------------------------------------------------------
     @app.get("/healthz", tags=["ops"], response_model=HealthOut)
     async def healthz() -> Response:
-        """The process is up and its event loop answers."""
-        return _json({"status": "ok"})
+        """The process is up and its event loop answers; `shard` is the share of users
+        this replica serves (i/n, 0/1 = all)."""
+        return _json({"status": "ok", "shard": str(cfg.shards.shard) if cfg.shards else "0/1"})
 
     @app.get("/readyz", tags=["ops"], response_model=ReadyOut, responses={
         503: {"model": ReadyOut, "description": "Not ready: the body says why."},

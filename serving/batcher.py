@@ -35,6 +35,21 @@ Priority = Literal["request", "refresh"]
 EncodeFn = Callable[[Any, list[Any]], tuple[np.ndarray, float]]
 
 
+def observe_many(histogram: Any, values: np.ndarray) -> None:
+    """`histogram.observe(v)` for every v, in one pass: at EntityGraph's refresh rates
+    (10^4 users/s, several histograms per user) per-value observe() calls are a tenth of
+    the event loop's time. Uses prometheus_client's bucket counters directly (stable
+    since 0.4; tests/unit/test_serving_replica.py checks it against observe())."""
+    if len(values) == 0:
+        return
+    bounds = np.asarray(histogram._upper_bounds)
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=True):
+        if count:
+            bucket.inc(count)
+    histogram._sum.inc(float(np.sum(values)))
+
+
 @dataclass
 class _Item:
     """A chunk of one submit: never split across runs, at most one run's worth; one
@@ -140,12 +155,12 @@ class DynamicBatcher:
                 continue
             priority, batch = taken
             start = time.perf_counter()
-            waited = self.metrics.queue_wait_seconds.labels(priority)
             inputs: list[Any] = []
             for item in batch:
-                for _ in item.inputs:  # per sequence, as the metric says
-                    waited.observe(start - item.enqueued)
                 inputs.extend(item.inputs)
+            # per sequence, as the metric says
+            observe_many(self.metrics.queue_wait_seconds.labels(priority), np.repeat(
+                [start - item.enqueued for item in batch], [len(i.inputs) for i in batch]))
             self.metrics.batch_size.labels(priority).observe(len(inputs))
             try:
                 out, run_s = await loop.run_in_executor(

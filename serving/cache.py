@@ -32,6 +32,7 @@ class EmbeddingCache:
     def __init__(self, max_users: int) -> None:
         self.max_users = max_users
         self._entries: OrderedDict[tuple[str, str], CachedEmbedding] = OrderedDict()
+        self._towers: set[str] = set()  # every tower that put an entry (a few)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -56,9 +57,16 @@ class EmbeddingCache:
         if old is not None and old.mekb_version > entry.mekb_version:
             return
         self._entries[key] = entry
+        self._towers.add(entry.tower)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_users:
             self._entries.popitem(last=False)
+
+    def forget(self, user_id: str) -> None:
+        """Drop the user's entries of every tower (a deleted user: its next MeKB starts
+        again at version 0, whose embedding must not be an old one of that number)."""
+        for tower in self._towers:
+            self._entries.pop((user_id, tower), None)
 
     def recent_users(self, n: int) -> list[str]:
         """Up to n distinct users, most recently used first."""

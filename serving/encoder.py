@@ -111,8 +111,11 @@ class UserEncoder(Protocol):
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 4)) -> float: ...
 
 
-def _session(path: Path, device: Device, intra_op_threads: int) -> tuple[Any, list[str]]:
-    """An InferenceSession on the best available provider, and the providers it got."""
+def _session(path: Path | bytes, device: Device, intra_op_threads: int,
+             initializers: dict[str, Any] | None = None) -> tuple[Any, list[str]]:
+    """An InferenceSession on the best available provider, and the providers it got
+    (`path`: an .onnx file, or a serialized model; `initializers`: OrtValues replacing
+    the model's initializers of those names, which the caller keeps alive)."""
     import onnxruntime as ort
 
     requested = select_providers(device)
@@ -121,9 +124,12 @@ def _session(path: Path, device: Device, intra_op_threads: int) -> tuple[Any, li
     # the default logger: afterwards it is left at "error", which drops only the
     # graph-optimiser warnings that are noise in a server log.)
     ort.set_default_logger_severity(4 if CUDA in requested else 3)
+    opts = session_options(intra_op_threads)
+    for name, value in (initializers or {}).items():
+        opts.add_initializer(name, value)
     try:
-        session = ort.InferenceSession(str(path), sess_options=session_options(
-            intra_op_threads), providers=requested)
+        session = ort.InferenceSession(path if isinstance(path, bytes) else str(path),
+                                       sess_options=opts, providers=requested)
     finally:
         ort.set_default_logger_severity(3)
     providers = list(session.get_providers())
@@ -193,10 +199,41 @@ class OnnxEncoder:
         return time.perf_counter() - start
 
 
+def with_entity_table(path: Path, width: int) -> bytes:
+    """The user tower taking entity row ids: its first input (the gathered entity rows
+    [B, L, F]) becomes row ids [B, L] and a Gather from the initializer `entity_table`
+    (a 1-row placeholder here: the session gets the real table as an OrtValue, so the
+    table is neither copied into a protobuf nor parsed again). The gather (a copy of
+    L x F floats per user, the largest host cost) then runs in ONNX Runtime with the
+    GIL released, in parallel with the event loop, and on a GPU the table stays on the
+    device instead of crossing the bus per run."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    rows = graph.input[0]
+    graph.input.remove(rows)
+    graph.input.insert(0, helper.make_tensor_value_info(
+        "entity_rows", TensorProto.INT64, ["batch", "entities"]))
+    graph.initializer.append(numpy_helper.from_array(
+        np.zeros((1, width), dtype=np.float32), "entity_table"))
+    graph.node.insert(0, helper.make_node("Gather", ["entity_table", "entity_rows"],
+                                          [rows.name], axis=0))
+    return bytes(model.SerializeToString())
+
+
+def ort_value(array: np.ndarray) -> Any:
+    import onnxruntime as ort
+
+    return ort.OrtValue.ortvalue_from_numpy(array)
+
+
 class EntityGraphEncoder:
     """MeKB entities -> user embedding: the bundle's per-entity rows (entities.npy: each
     entity's features, computed once per version at export; last row = zeros for
-    padding) gathered on the host, the per-user attention tower in ONNX Runtime.
+    padding) gathered by ONNX Runtime (`with_entity_table`), then the per-user
+    attention tower.
 
     An entity the version's table has no row for (it appeared after the version was
     exported) is SKIPPED: it cannot be embedded without the title encoder, which serving
@@ -221,18 +258,22 @@ class EntityGraphEncoder:
         # One intra-op thread unless configured: a run is ~100 µs of work per group, and
         # a second thread on shared cores costs more in wake-ups and preemption than it
         # gains while taking the core the event loop needs (docs/benchmarks.md).
-        self.session, self.providers = _session(model_dir / "user_tower.onnx", device,
-                                                intra_op_threads or 1)
-        self.provider = self.providers[0]
-        self.table = np.ascontiguousarray(
+        table = np.ascontiguousarray(
             np.load(model_dir / "entities.npy", allow_pickle=False), dtype=np.float32)
         ids = json.loads((model_dir / "entities.json").read_text(encoding="utf-8"))["entity_ids"]
-        if self.table.ndim != 2 or self.table.shape[0] != len(ids) + 1:
-            raise ValueError(f"entities.npy {self.table.shape} does not hold "
+        if table.ndim != 2 or table.shape[0] != len(ids) + 1:
+            raise ValueError(f"entities.npy {table.shape} does not hold "
                              f"{len(ids)} entities + the padding row")
+        # the session reads the table from this buffer: both kept alive with the encoder
+        self._table = (table, ort_value(table))
+        self.session, self.providers = _session(
+            with_entity_table(model_dir / "user_tower.onnx", table.shape[1]), device,
+            intra_op_threads or 1, {"entity_table": self._table[1]})
+        self.provider = self.providers[0]
         self.row = {str(e): i for i, e in enumerate(ids)}
         self.pad = len(ids)
-        # inputs: [the gathered rows, MeKBScores, mask] (trainer/entitygraph/export.py)
+        # inputs: [row ids (the gathered rows in the bundle's graph), MeKBScores, mask]
+        # (trainer/entitygraph/export.py)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
         last = self.session.get_outputs()[0].shape[-1]
@@ -245,7 +286,7 @@ class EntityGraphEncoder:
         return record.entities if record is not None else []
 
     def run(self, rows: np.ndarray, scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        feeds = dict(zip(self.input_names, (self.table[rows], scores, mask), strict=True))
+        feeds = dict(zip(self.input_names, (rows, scores, mask), strict=True))
         out = self.session.run([self.output_name], feeds)[0]
         return np.asarray(out, dtype=np.float32)
 

@@ -100,8 +100,9 @@ class ServingMetrics:
         )
         self.model_info = Gauge(
             "mekb_serving_model_info",
-            "The active model version (value 1) with its kind and execution provider.",
-            ["version", "kind", "provider"], registry=registry,
+            "The active model version (value 1) with its kind (full/items), model kind "
+            "(embedme/entitygraph) and execution provider.",
+            ["version", "kind", "model_kind", "provider"], registry=registry,
         )
         self.model_swaps = Counter(
             "mekb_serving_model_swaps_total", "Model versions made active in this process.",

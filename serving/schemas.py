@@ -132,6 +132,7 @@ class UnpinnedOut(BaseModel):
 
 class HealthOut(BaseModel):
     status: str
+    shard: str = Field("0/1", description="i/n: the share of users this replica serves.")
 
 
 class ReadyOut(BaseModel):
@@ -148,6 +149,7 @@ _ERRORS = {
     403: "Admin endpoints are disabled (MEKB_SERVING_ADMIN_KEY unset).",
     404: "Unknown user MeKB, domain or model version.",
     409: "The model version could not be loaded, or the registry refuses the change.",
+    421: "Sharded serving: the user belongs to another shard (the body's `owners` names it).",
     413: "Request body over the limit (counted on the bytes read, chunked bodies included).",
     422: "Invalid request: every problem, in one string.",
     500: "Internal error (details in the server log).",

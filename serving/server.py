@@ -16,7 +16,7 @@ import logging
 import signal
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from serving.metrics import ServingMetrics
 from serving.model import load_model
 from serving.replica import Replica
 from serving.service import EmbeddingService
+from serving.sharding import Shard, ShardMap
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +64,14 @@ def api_config(settings: Settings) -> ApiConfig:
     admin = settings.serving_admin_key.get_secret_value() if settings.serving_admin_key else None
     if admin is not None and admin in keys:
         raise ServeConfigError("MEKB_SERVING_ADMIN_KEY must differ from every user API key")
+    try:
+        shard = Shard.parse(settings.serving_shard)
+    except ValueError as exc:
+        raise ServeConfigError(f"MEKB_SERVING_SHARD: {exc}") from None
     return ApiConfig(
         api_keys=keys, admin_key=admin or None,
         max_batch_ids=settings.serving_max_batch_ids, max_k=settings.serving_max_k,
+        shards=ShardMap(shard, settings.partitions),
     )
 
 
@@ -107,6 +113,16 @@ def build(settings: Settings, *, kafka: bool = True) -> Server:
     stop = asyncio.Event()
     wake = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
+    deleter = None
+    if kafka:
+        from mekb.erasure import UserDeleter
+
+        deleter = UserDeleter(settings)
+
+        async def delete_user(user_id: str) -> Any:
+            return (await deleter.delete([user_id]))[0]
+
+        config = replace(config, delete_user=delete_user)
 
     async def startup() -> None:
         from serving.updates import follow_mekb_updates, follow_model_updates, supervise
@@ -118,7 +134,8 @@ def build(settings: Settings, *, kafka: bool = True) -> Server:
         if kafka:
             tasks.append(loop.create_task(supervise(
                 "mekb-updates follower", stop,
-                lambda: follow_mekb_updates(settings, replica, service, stop))))
+                lambda: follow_mekb_updates(settings, replica, service, stop,
+                                            config.shards))))
             tasks.append(loop.create_task(supervise(
                 "model-updates follower", stop,
                 lambda: follow_model_updates(settings, wake, stop))))
@@ -130,6 +147,8 @@ def build(settings: Settings, *, kafka: bool = True) -> Server:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if deleter is not None:
+            await deleter.close()
         replica.close()
 
     config.extra_startup.append(startup)

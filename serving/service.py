@@ -18,6 +18,7 @@ user embedding and the items; `activate()` replaces the reference in one assignm
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections import OrderedDict
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.batcher import DynamicBatcher, Priority
+from serving.batcher import DynamicBatcher, Priority, observe_many
 from serving.cache import CachedEmbedding, EmbeddingCache
 from serving.metrics import ServingMetrics
 from serving.model import LoadedModel
@@ -44,6 +45,10 @@ REWARM_USERS = 1_000
 # a burst, a replica catching up, no model yet) they are read back from the replica,
 # so memory stays bounded (~12 KB per 32-entity record: ~120 MB at most).
 HOLD_RECORDS = 10_000
+# Cyclic GC thresholds of the serving process (gen 0, 1, 2): see tune_gc.
+GC_THRESHOLD = (100_000, 10, 10)
+# Refresh batches in flight at once (formed on the event loop, run one at a time).
+REFRESH_IN_FLIGHT = 2
 
 Key = tuple[str, int, str]  # (user, MeKB version, tower)
 
@@ -59,6 +64,17 @@ class UserEmbedding:
     cold_start: bool
     stale: bool
     cached: bool
+
+
+def tune_gc() -> None:
+    """Fewer cyclic-GC passes in the serving process. Every mekb-updates record decodes
+    into dozens of new containers (acyclic JSON), so the default threshold (a
+    collection every 700 allocations) runs thousands of collections per second at
+    EntityGraph's refresh rates, each holding the GIL against the encoder thread:
+    ~20 % of the CPU and up to half the refresh throughput (docs/benchmarks.md, issue
+    16). Collections still run, every GC_THRESHOLD allocations."""
+    if gc.get_threshold()[0] < GC_THRESHOLD[0]:
+        gc.set_threshold(*GC_THRESHOLD)
 
 
 def _encode(model: Any, inputs: list[Any]) -> tuple[np.ndarray, float]:
@@ -103,9 +119,11 @@ class EmbeddingService:
         self._pending_event: asyncio.Event | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._capacity = 0.0
+        self._refreshed_at = 0.0  # perf_counter of the last refresh batch's completion
 
     # --- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
+        tune_gc()
         self._pending_event = asyncio.Event()
         self.batcher.start()
         self._refresher = asyncio.get_running_loop().create_task(
@@ -142,7 +160,9 @@ class EmbeddingService:
         """Make a loaded, warmed model the active one (one reference assignment)."""
         previous, self.model = self.model, model
         self.metrics.model_info.clear()
-        self.metrics.model_info.labels(model.version, model.kind, model.provider).set(1)
+        self.metrics.model_info.labels(version=model.version, kind=model.kind,
+                                       model_kind=model.model_kind,
+                                       provider=model.provider).set(1)
         self.metrics.model_swaps.inc()
         if previous is None or previous.tower != model.tower:
             # The cached embeddings belong to the old tower: re-encode the recent users
@@ -189,14 +209,18 @@ class EmbeddingService:
             m.replica_records.labels("bad").inc(result.bad)
         if result.applied:
             m.replica_records.labels("applied").inc(len(result.applied))
-        for rec in result.applied:
-            if rec.updated_at > 0:  # clamped: the worker's clock may run ahead of ours
-                m.processing_lag.observe(max(0.0, now - rec.updated_at))
-            if rec.ts > 0:
-                m.event_age.observe(max(0.0, now - rec.ts))
+        if result.applied:
+            updated = np.fromiter((r.updated_at for r in result.applied), dtype=np.float64,
+                                  count=len(result.applied))
+            ts = np.fromiter((r.ts for r in result.applied), dtype=np.float64,
+                             count=len(result.applied))
+            # clamped: the worker's clock may run ahead of ours; 0 = not set
+            observe_many(m.processing_lag, np.maximum(0.0, now - updated[updated > 0]))
+            observe_many(m.event_age, np.maximum(0.0, now - ts[ts > 0]))
         self._enqueue((r.user_id, r) for r in result.applied)
         for user in result.deleted:  # nothing to precompute (nor to hold) for them
             self._pending.pop(user, None)
+            self.cache.forget(user)  # its next MeKB starts again at version 0
 
     def _enqueue(self, users: Iterable[tuple[str, UserRecord | None]]) -> None:
         now = time.monotonic()
@@ -294,21 +318,46 @@ class EmbeddingService:
     # --- background refresher ------------------------------------------------------------
     async def _refresh_loop(self) -> None:
         assert self._pending_event is not None
-        while True:
-            if not self._pending:
-                self._pending_event.clear()
-                await self._pending_event.wait()
-            model = self.model
-            if model is None:
-                await asyncio.sleep(0.1)
-                continue
-            try:
-                await self._refresh_once(model)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the refresher must survive anything a batch throws
-                logger.exception("refresher batch failed")
-                await asyncio.sleep(0.1)
+        # Two batches in flight: the next one is formed and queued while the encoder
+        # thread runs the current one, so the thread never waits for the event loop
+        # between runs (the batcher still runs them one at a time).
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                if self._pending and len(running) < REFRESH_IN_FLIGHT:
+                    model = self.model
+                    if model is None:
+                        await asyncio.sleep(0.1)
+                        continue
+                    running.add(asyncio.get_running_loop().create_task(
+                        self._refresh_guarded(model)))
+                    await asyncio.sleep(0)  # it takes its batch before the next is formed
+                    continue
+                # nothing to start now: wait for a batch to finish or for new users
+                if not self._pending:
+                    self._pending_event.clear()
+                waits: set[asyncio.Future[Any]] = set(running)
+                wake = None
+                if len(running) < REFRESH_IN_FLIGHT:
+                    wake = asyncio.ensure_future(self._pending_event.wait())
+                    waits.add(wake)
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if wake is not None:
+                    wake.cancel()
+                running.difference_update(done)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _refresh_guarded(self, model: LoadedModel) -> None:
+        try:
+            await self._refresh_once(model)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the refresher must survive anything a batch throws
+            logger.exception("refresher batch failed")
+            await asyncio.sleep(0.1)
 
     async def _refresh_once(self, model: LoadedModel) -> None:
         m = self.metrics
@@ -335,11 +384,15 @@ class EmbeddingService:
             return
         start = time.perf_counter()
         await self._compute_shared(model, batch, "refresh")
-        elapsed = time.perf_counter() - start
+        end = time.perf_counter()
+        # with batches overlapping, a batch's own span includes waiting for the other:
+        # capacity is measured from the previous completion when that is later
+        elapsed = end - max(start, self._refreshed_at)
+        self._refreshed_at = end
         done = time.time()
-        for rec, _ in batch.values():
-            if rec.updated_at > 0:
-                m.precompute_lag.observe(max(0.0, done - rec.updated_at))
+        updated = np.fromiter((rec.updated_at for rec, _ in batch.values()),
+                              dtype=np.float64, count=len(batch))
+        observe_many(m.precompute_lag, np.maximum(0.0, done - updated[updated > 0]))
         m.refresh.labels("refreshed").inc(len(batch))
         rate = len(batch) / max(elapsed, 1e-6)
         self._capacity = rate if self._capacity == 0 else 0.8 * self._capacity + 0.2 * rate

@@ -1,7 +1,8 @@
 """Kafka inputs of the server: `mekb-updates` into the replica, `model-updates` as a wake-up.
 
 mekb-updates: every partition is assigned manually (no consumer group: each serving
-replica needs every user) and read from the offsets stored in the replica itself,
+replica needs every user of its shard; a sharded replica, MEKB_SERVING_SHARD=i/n, only
+the partitions p with p % n == i) and read from the offsets stored in the replica itself,
 so a restart resumes exactly, and an empty replica rebuilds from the compacted
 topic. Offsets stored under another topic id than the topic's now (it was re-created,
 or the embedded broker restarted: mekb/topics.py) are dropped and the new topic is
@@ -27,6 +28,7 @@ from mekb.settings import Settings
 from mekb.topics import new_topic_ids, rebase_needed, topic_ids
 from serving.replica import Incoming, Replica
 from serving.service import EmbeddingService
+from serving.sharding import ShardMap
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +53,11 @@ async def _partitions(consumer: Any, topic: str, stop: asyncio.Event) -> list[in
 
 
 async def follow_mekb_updates(
-    settings: Settings, replica: Replica, service: EmbeddingService, stop: asyncio.Event
+    settings: Settings, replica: Replica, service: EmbeddingService, stop: asyncio.Event,
+    shards: ShardMap | None = None,
 ) -> None:
-    """Apply mekb-updates to the replica until `stop` is set."""
+    """Apply mekb-updates to the replica until `stop` is set; with `shards`, only the
+    partitions of this replica's shard (serving/sharding.py)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     topic = settings.topic("mekb-updates")
@@ -68,6 +72,16 @@ async def follow_mekb_updates(
         parts = await _partitions(consumer, topic, stop)
         if parts is None:
             return
+        if shards is not None and shards.shard.sharded:
+            # The routing rule hashes with the topic's real partition count.
+            shards.partitions = len(parts)
+            parts = [p for p in parts if shards.shard.owns_partition(p)]
+            logger.info("replica: shard %s follows partitions %s of %d", shards.shard, parts,
+                        shards.partitions)
+            if not parts:
+                logger.warning("replica: shard %s owns no partition of %s (%d partitions): "
+                               "use at most as many shards as partitions", shards.shard,
+                               topic, shards.partitions)
         tps = [TopicPartition(topic, p) for p in parts]
         consumer.assign(tps)
         stored, topic_id = await _stored_offsets(settings, replica, consumer, topic, tps)

@@ -13,7 +13,12 @@ from typing import Any
 
 import orjson
 
-from mekb.events import InteractionEvent, parse_interaction
+from mekb.events import (
+    InteractionEvent,
+    UserDeleteEvent,
+    parse_interaction,
+    parse_interactions_record,
+)
 
 
 def dumps(obj: Any) -> bytes:
@@ -38,6 +43,18 @@ def parse_interaction_fast(raw: bytes) -> InteractionEvent:
         except ValueError:
             pass
     return parse_interaction(raw)
+
+
+def parse_record_fast(raw: bytes) -> InteractionEvent | UserDeleteEvent:
+    """`parse_interaction_fast` for any record of the interactions topic: a record that
+    is no valid interaction is parsed again by the topic's reference parser, which
+    knows user deletions (rare) and raises the contract's EventError otherwise."""
+    if len(raw) <= 64 * 1024:
+        try:
+            return InteractionEvent.model_validate_json(raw)
+        except ValueError:
+            pass
+    return parse_interactions_record(raw)
 
 
 @dataclass
@@ -79,6 +96,24 @@ class UserState:
                 del counts[entity_id]
                 victims.append(entity_id)
         return victims
+
+    def decay(self, factor: float, min_k: float) -> list[str]:
+        """k(e) *= factor for every entity (0 < factor <= 1); an entity left below
+        `min_k` is dropped. Returns the dropped ids."""
+        counts = self.counts = {e: k * factor for e, k in self.counts.items()}
+        dropped = [e for e, k in counts.items() if k < min_k]
+        for entity_id in dropped:
+            del counts[entity_id]
+        self._heap = None  # every (k, e) pair moved: rebuilt when next needed
+        return dropped
+
+    def prune(self, entity_ids: Iterable[str], min_k: float) -> list[str]:
+        """Drop those of `entity_ids` held with k below `min_k`; returns them."""
+        counts = self.counts
+        dropped = [e for e in dict.fromkeys(entity_ids) if counts.get(e, min_k) < min_k]
+        for entity_id in dropped:
+            del counts[entity_id]  # (a stale heap entry is skipped when popped)
+        return dropped
 
     def seen_event(self, h: int) -> bool:
         if self._recent_set is None:

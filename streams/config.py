@@ -30,6 +30,9 @@ class StreamConfig:
     park_max: int = 100_000
     park_ttl_s: float = 3600.0
     cache_users: int = 200_000
+    decay_half_life_s: float = 0.0  # 0: no decay
+    decay_min_k: float = 0.01
+    user_ttl_s: float = 0.0  # 0: no TTL
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StreamConfig:
@@ -47,6 +50,9 @@ class StreamConfig:
             park_max=settings.park_max,
             park_ttl_s=settings.park_ttl_s,
             cache_users=settings.worker_cache_users,
+            decay_half_life_s=settings.decay_half_life_s,
+            decay_min_k=settings.decay_min_k,
+            user_ttl_s=settings.user_ttl_s,
         )
 
     def is_positive(self, action: str, rating: float | None) -> bool:

@@ -13,8 +13,9 @@ class StreamMetrics:
         self.events = Counter(
             "mekb_streams_events_total",
             "Events handled by outcome (applied, unparked, duplicate, ignored, parked, "
-            "expired, dead_letter, example for emitted training examples; item agent: "
-            "linked, unchanged, dead_letter).",
+            "expired, dead_letter, example for emitted training examples, deleted for "
+            "delete_user records, user_expired for users removed by MEKB_USER_TTL_S; item "
+            "agent: linked, unchanged, dead_letter).",
             ["agent", "outcome"], registry=registry,
         )
         self.dead_letters = Counter(

@@ -16,27 +16,47 @@ Per event, in order:
 3. event_id in the user's dedupe window -> `duplicate`;
 4. item unknown -> parked (durable, bounded, expires to a dead letter); inline item
    fields are forwarded once to `items` so the item agent links them;
-5. target domain -> training example from the MeKB *before* this event;
-6. k(e) += event weight × entity weight for every entity of the item; the lowest-k
+5. with a user TTL: the partition's stream time (the newest event time applied)
+   moves to the event's time and every user whose newest event is more than the TTL
+   behind it is removed (below);
+6. with decay: a newer event decays the user's counts to its time, a late one adds
+   its weight decayed to the user's time; entities below `decay_min_k` leave;
+7. target domain -> training example from the MeKB *before* this event;
+8. k(e) += event weight × entity weight for every entity of the item; the lowest-k
    entities beyond top-M are evicted.
-At the end of the batch each touched user is written once (state, changelog record,
-mekb-update) and df_p/n_p change by the diff between the user's entity set before
-and after the batch, which keeps df exact whatever happened in between.
+A `delete_user` record (mekb.events.UserDeleteEvent, after steps 0-1) removes the user.
+Removing a user (deleted, or expired by the TTL) empties its state at that point of
+the batch: mekb-updates gets a tombstone then (and training-examples one, for a
+deletion: the trainer drops the user's queued examples), parked events of a deleted
+user are dropped, and a later event of the user starts a new MeKB at version 0.
+At the end of the batch each touched user is written once (state or changelog
+tombstone, mekb-update) and df_p/n_p change by the diff between the user's entity set
+before and after the batch, which keeps df exact whatever happened in between.
+Every rule above depends on the partition's records in offset order only, never on
+wall time or batch boundaries, so a replay or a restore reaches the same state.
 """
 
 from __future__ import annotations
 
 import base64
+import heapq
 import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from mekb.events import EventError, InteractionEvent
+from mekb.events import EventError, InteractionEvent, UserDeleteEvent
 from mekb.scoring import RankMemo, idf, rank
 from streams.catalog import ItemCatalog, LinkedItem
-from streams.codec import UserState, dumps, event_hash, loads, parse_interaction_fast
+from streams.codec import (
+    UserState,
+    dumps,
+    event_hash,
+    loads,
+    parse_interaction_fast,
+    parse_record_fast,
+)
 from streams.config import StreamConfig
 from streams.dftable import USERS_KEY, DfTable, partial_key, partial_value
 from streams.state.base import StateStore
@@ -72,7 +92,7 @@ class Output:
 
     topic: str  # mekb-updates | training-examples | dead-letters | items
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone (a removed user)
 
 
 @dataclass
@@ -153,6 +173,12 @@ class MeKBPartition:
         self.n_p = 0
         self.seq = 0
         self.applied_next = 0
+        self.stream_time = 0.0  # the newest event time applied (META), for the user TTL
+        # With a user TTL: every user's newest event time, and a heap over it whose
+        # entries that no longer match are skipped (`_sweep`).
+        self._last_ts: dict[str, float] = {}
+        self._expiry: list[tuple[float, str]] = []
+        self._gone: set[str] = set()  # users removed in this batch (and not back since)
         self.changelog_next = 0
         # Topic ids (mekb/topics.py) the stored offsets belong to: `applied_next` to
         # interactions (changelogged in META), `changelog_next` to mekb-changelog and the
@@ -181,7 +207,17 @@ class MeKBPartition:
         obj = loads(meta) if meta else {}
         self.seq, self.n_p = int(obj.get("seq", 0)), int(obj.get("n", 0))
         self.applied_next = int(obj.get("next", 0))
+        self.stream_time = float(obj.get("st", 0.0))
         self.input_id = obj.get("inc")
+        self._last_ts.clear()
+        if self.config.user_ttl_s:
+            # (a scan of every user: the TTL index lives in memory only, so the TTL can
+            # be switched on for an existing state)
+            plen = len(self.prefix) + len(USER)
+            self._last_ts = {k[plen:].decode(): float(loads(v)["ts"])
+                             for k, v in self.store.scan(self.prefix + USER)}
+        self._expiry = [(ts, u) for u, ts in self._last_ts.items()]
+        heapq.heapify(self._expiry)
         local = loads(self.store.get(self.prefix + LOCAL) or b"{}")
         self.changelog_next = int(local.get("changelog_next", 0))
         self.changelog_id = local.get("inc")
@@ -210,6 +246,8 @@ class MeKBPartition:
 
     def meta_value(self) -> bytes:
         obj: dict[str, object] = {"seq": self.seq, "n": self.n_p, "next": self.applied_next}
+        if self.config.user_ttl_s:  # (only the TTL reads it)
+            obj["st"] = self.stream_time
         if self.input_id is not None:
             obj["inc"] = self.input_id
         return dumps(obj)
@@ -286,11 +324,16 @@ class MeKBPartition:
         view = self._view
         if view is None:
             view = self._view = _IdfView(self.df_of, self.n_users())
+        limit = self.config.example_entities
+        if self.config.decay_half_life_s:
+            # Decay re-weighs the whole MeKB at every event: nothing for a memo to keep.
+            top = rank(counts, view.__getitem__, self.config.k_star)
+            return [self._entity_object(e, counts[e], score)
+                    for e, score in (top[:limit] if limit else top)]
         memo = self._memos.get(user_id)
         if memo is None:
             memo = self._memos[user_id] = RankMemo()
         # (serialised by the caller before the next example reuses the objects)
-        limit = self.config.example_entities
         ranked = memo.rank(counts, view.__getitem__, self._entity_object, self.config.k_star,
                            limit)
         if ranked is None:  # every idf is 0
@@ -298,9 +341,9 @@ class MeKBPartition:
             return ranked[:limit] if limit else ranked
         return ranked
 
-    def _entity_object(self, entity_id: str, k: float) -> dict[str, object]:
+    def _entity_object(self, entity_id: str, k: float, score: float = 0.0) -> dict[str, object]:
         return {"id": entity_id, "title": self.catalog.titles.get(entity_id)
-                or self.catalog.title(entity_id), "k": k, "score": 0.0}
+                or self.catalog.title(entity_id), "k": k, "score": score}
 
     # --- parking -----------------------------------------------------------
     def _park(self, item: str, event_id: str, parked: _Parked) -> None:
@@ -342,6 +385,7 @@ class MeKBPartition:
         plan = FlushPlan(self.partition)
         self._view = None  # the df table may have moved since the last batch
         self._memos.clear()
+        self._gone.clear()
         before: dict[str, set[str]] = {}
         touched: dict[str, UserState] = {}
 
@@ -375,7 +419,7 @@ class MeKBPartition:
     def _one(self, rec: InRecord, plan: FlushPlan, before: dict[str, set[str]],
              touched: dict[str, UserState], now: float) -> None:
         try:
-            event = parse_interaction_fast(rec.value)
+            event = parse_record_fast(rec.value)
         except EventError as exc:
             plan.outputs.append(dead_letter(rec, self.partition, exc.reason, exc.field,
                                             exc.message))
@@ -388,6 +432,10 @@ class MeKBPartition:
                                             "record key must be the user_id"))
             plan.dead_letters["key_mismatch"] += 1
             plan.outcomes["dead_letter"] += 1
+            return
+        if isinstance(event, UserDeleteEvent):
+            self._remove(event.user_id, plan, before, touched, erase=True)
+            plan.outcomes["deleted"] += 1
             return
         if not self.config.is_positive(event.action, event.rating):
             plan.outcomes["ignored"] += 1
@@ -427,12 +475,26 @@ class MeKBPartition:
     def _apply(self, event: InteractionEvent, h: int, item: LinkedItem, plan: FlushPlan,
                before: dict[str, set[str]], touched: dict[str, UserState],
                *, from_park: bool) -> None:
-        state = self.user(event.user_id)
         user_id = event.user_id
+        config = self.config
+        self.stream_time = max(self.stream_time, event.ts)
+        if config.user_ttl_s:
+            self._sweep(plan, before, touched)  # the user itself may be among them
+        state = self.user(user_id)
         if user_id not in before:
             before[user_id] = set(state.counts)
             touched[user_id] = state
-        if not from_park and event.domain in self.config.target_domains:
+        self._gone.discard(user_id)  # (removed earlier in the batch: a new MeKB)
+        weight = event.weight
+        half_life = config.decay_half_life_s
+        if half_life:
+            # Counts are kept as of the user's newest event time (state.ts): decay them
+            # to a newer event's time before its example, or decay a late event's weight.
+            if event.ts > state.ts and state.counts:
+                state.decay(2.0 ** ((state.ts - event.ts) / half_life), config.decay_min_k)
+            elif event.ts < state.ts:
+                weight *= 2.0 ** ((event.ts - state.ts) / half_life)
+        if not from_park and event.domain in config.target_domains:
             # Point in time: the MeKB as it stands before this event. A parked event is
             # applied after later events of its user, so it gets no example (no leakage).
             plan.outputs.append(Output("training-examples", user_id.encode(), dumps({
@@ -442,7 +504,9 @@ class MeKBPartition:
                 "entities": self.example_entities(user_id, state.counts),
             })))
             plan.outcomes["example"] += 1
-        evicted = state.add(item.entities, event.weight, self.config.max_entities)
+        evicted = state.add(item.entities, weight, config.max_entities)
+        if half_life:
+            evicted += state.prune((e for e, _, _ in item.entities), config.decay_min_k)
         memo = self._memos.get(user_id)
         if memo is not None:
             memo.changed(entity_id for entity_id, _, _ in item.entities)
@@ -455,6 +519,53 @@ class MeKBPartition:
         state.remember_item(event.item_id, self.config.seen_items)
         plan.outcomes["unparked" if from_park else "applied"] += 1
         plan.event_times.append(event.ts)
+        if config.user_ttl_s:
+            self._track(user_id, state.ts)
+            self._sweep(plan, before, touched)  # an event older than the TTL horizon
+
+    # --- removing users ----------------------------------------------------
+    def _remove(self, user_id: str, plan: FlushPlan, before: dict[str, set[str]],
+                touched: dict[str, UserState], *, erase: bool) -> None:
+        """Empty a user's state at this point of the batch (`_finish` writes the
+        changelog tombstone and moves df_p/n_p). `erase`: a deletion, which also drops
+        the user's parked events and tells the trainer to drop its queued examples;
+        otherwise the TTL expired the user. Idempotent: an unknown user gets the same
+        tombstones."""
+        state = self.user(user_id)
+        if user_id not in before:
+            before[user_id] = set(state.counts)
+        touched[user_id] = self.cache[user_id] = UserState()
+        self._gone.add(user_id)
+        self._memos.pop(user_id, None)
+        self._last_ts.pop(user_id, None)
+        key = user_id.encode()
+        if erase:
+            for item_id, bucket in list(self.parked.items()):
+                for event_id in [e for e, p in bucket.items() if p.user_id == user_id]:
+                    self._unpark(item_id, event_id, plan)
+            plan.outputs.append(Output("training-examples", key, None))
+        plan.outputs.append(Output("mekb-updates", key, None))
+
+    def _track(self, user_id: str, ts: float) -> None:
+        if self._last_ts.get(user_id) == ts:
+            return
+        self._last_ts[user_id] = ts
+        heapq.heappush(self._expiry, (ts, user_id))
+        if len(self._expiry) > 2 * len(self._last_ts) + 64:  # drop the stale entries
+            self._expiry = [(t, u) for u, t in self._last_ts.items()]
+            heapq.heapify(self._expiry)
+
+    def _sweep(self, plan: FlushPlan, before: dict[str, set[str]],
+               touched: dict[str, UserState]) -> None:
+        """Remove every user whose newest event time is more than the TTL behind the
+        partition's stream time."""
+        horizon = self.stream_time - self.config.user_ttl_s
+        heap = self._expiry
+        while heap and heap[0][0] < horizon:
+            ts, user_id = heapq.heappop(heap)
+            if self._last_ts.get(user_id) == ts:
+                self._remove(user_id, plan, before, touched, erase=False)
+                plan.outcomes["user_expired"] += 1
 
     def _finish(self, plan: FlushPlan, before: dict[str, set[str]],
                 touched: dict[str, UserState], now: float) -> None:
@@ -479,6 +590,9 @@ class MeKBPartition:
                 self.df_p.pop(entity_id, None)
             plan.changes[DF + entity_id.encode()] = str(value).encode() if value else None
         for user_id, state in touched.items():
+            if user_id in self._gone:  # its mekb-updates tombstone went out at removal
+                plan.changes[USER + user_id.encode()] = None
+                continue
             plan.changes[USER + user_id.encode()] = state.encode()
             update = self._update(user_id, state, now)
             plan.mekb_sizes.append(update.size)

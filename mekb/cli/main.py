@@ -8,7 +8,9 @@ import typer
 from typer.exceptions import TyperException
 
 from mekb import __version__
+from mekb.cli import backfill as backfill_cli
 from mekb.cli import broker, config, link, linker, monitor, produce, sample, topics, up, worker
+from mekb.cli import dlq as dlq_cli
 from mekb.cli import evaluate as evaluate_cli
 from mekb.cli import export_onnx as export_onnx_cli
 from mekb.cli import kg as kg_cli
@@ -17,6 +19,7 @@ from mekb.cli import serve as serve_cli
 from mekb.cli import status as status_cli
 from mekb.cli import train as train_cli
 from mekb.cli import trainer as trainer_cli
+from mekb.cli import users as users_cli
 from mekb.cli.common import CliError
 
 app = typer.Typer(
@@ -36,6 +39,8 @@ app.command()(status_cli.status)
 app.command()(broker.broker)
 app.add_typer(topics.app, name="topics")
 app.command()(produce.produce)
+app.command()(backfill_cli.backfill)
+app.add_typer(dlq_cli.app, name="dlq")
 app.command()(sample.sample)
 app.command()(config.config)
 app.command()(monitor.monitor)
@@ -44,6 +49,7 @@ app.add_typer(linker.app, name="linker")
 app.add_typer(kg_cli.app, name="kg")
 app.command()(worker.worker)
 app.add_typer(models_cli.app, name="models")
+app.add_typer(users_cli.app, name="users")
 app.command()(trainer_cli.trainer)
 app.command()(serve_cli.serve)
 app.command()(train_cli.train)
@@ -84,6 +90,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
     from linker.errors import LinkerError
+    from mekb.backfill import BackfillError
     from mekb.broker import BrokerError
     from mekb.kafka_config import BrokerNotFound
     from mekb.produce import ProduceError
@@ -92,7 +99,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (
         CliError, BrokerError, BrokerNotFound, SampleUnavailable, LinkerError, ValidationError,
-        ComponentFailed, ProduceError, OSError,
+        ComponentFailed, ProduceError, BackfillError, OSError,
     )
 
 

@@ -62,8 +62,10 @@ def _pin_line(reg: Registry) -> str | None:
 
 @app.command("list")
 def list_() -> None:
-    """Every version, oldest first. `*` marks the active one; the state column says
-    `pinned` (active and held by a pin) or `held` (published inactive under a pin)."""
+    """Every version, oldest first: id, version kind (full/items), model kind
+    (embedme/entitygraph), state, creation time, parent, metrics. `*` marks the active
+    one; the state column says `pinned` (active and held by a pin) or `held` (published
+    inactive under a pin)."""
     settings, reg = _registry()
     active = reg.active_version()
     pin = reg.pinned()
@@ -81,7 +83,8 @@ def list_() -> None:
         metrics = mv.manifest.get("metrics") or {}
         shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
         typer.echo(
-            f"{mark} {mv.version:<26} {mv.kind:<5} {state:<6} {_utc(mv.created_at)} "
+            f"{mark} {mv.version:<26} {mv.kind:<5} {mv.model_kind:<11} {state:<6} "
+            f"{_utc(mv.created_at)} "
             f"parent={mv.parent or '-':<26} {shown}".rstrip()
         )
     if (line := _pin_line(reg)) is not None:

@@ -15,7 +15,8 @@ EXIT_REJECTED = 3
 
 
 def produce(
-    file: Path = typer.Argument(..., help="JSONL or CSV file of events (optionally .gz)."),
+    file: Path = typer.Argument(
+        ..., help="JSONL or CSV file of events (optionally .gz, .bz2 or .xz)."),
     kind: str = typer.Option(
         "auto", "--type", "-t",
         help="interaction, item, or auto (a record with event_id is an interaction).",

@@ -15,13 +15,18 @@ def serve(
     device: str = typer.Option(
         None, "--device", help="auto, cpu or cuda (MEKB_SERVING_DEVICE)."
     ),
+    shard: str = typer.Option(
+        None, "--shard", help="i/n: serve only the users of shard i of n, 421 for the others "
+        "(MEKB_SERVING_SHARD; routing rule in docs/contracts.md)."
+    ),
 ) -> None:
     """Serve fresh user embeddings over HTTP (docs at /docs): follows mekb-updates into a
     local RocksDB replica and the registry's ACTIVE model version (model-updates events
     and polling), precomputes updated users, hot-swaps verified and warmed versions."""
     from serving.server import ServeConfigError, run
 
-    settings = settings_with(serving_host=host, serving_port=port, serving_device=device)
+    settings = settings_with(serving_host=host, serving_port=port, serving_device=device,
+                             serving_shard=shard)
     try:
         run(settings)
     except ServeConfigError as exc:

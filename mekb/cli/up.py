@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -12,7 +13,7 @@ import time
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -113,6 +114,12 @@ def up(
     ready_timeout: float = typer.Option(
         900.0, "--ready-timeout", min=1.0,
         help="Seconds to wait for the first model version to serve embeddings.",
+    ),
+    stall_timeout: float = typer.Option(
+        60.0, "--stall-timeout", min=1.0,
+        help="Seconds with no model version, the trainer at the end of training-examples "
+        "and the stream worker idle, after which the first version is given up on (an "
+        "error, not a wait until --ready-timeout).",
     ),
     kind: str = typer.Option(
         None, "--kind", help="Model kind the trainer trains: entitygraph (default: fresh "
@@ -218,9 +225,12 @@ def up(
                 report = produce_file(settings, path, rate=rate if path != items else 0.0,
                                       progress=tty)
                 typer.echo(f"replayed {path.name}: {report.summary()}")
-                if path != items and not stop.is_set():
+                if path == items:
+                    _wait_items_known(settings, supervisor, stop, report.total_sent)
+                elif not stop.is_set():
                     mark_replayed(interactions)
-            version = _wait_serving_ready(settings, supervisor, stop, ready_timeout)
+            version = _wait_serving_ready(settings, supervisor, stop, ready_timeout,
+                                          stall_timeout, env["MEKB_MODEL_KIND"])
             if version:
                 from mekb.registry import Registry, registry_root
 
@@ -274,13 +284,80 @@ def _ensure_alias_table(settings: Settings, *, progress: bool) -> None:
     ensure_default_table(settings, progress=progress)
 
 
-def _wait_serving_ready(settings: Settings, supervisor: Supervisor, stop: threading.Event,
-                        timeout_s: float) -> str | None:
-    """The active model version once serving answers /readyz, else None (stopped)."""
-    import json
+def _health(port: int) -> dict[str, Any] | None:
+    """A component's /healthz body while it answers 200, else None."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            body = json.loads(resp.read() or b"{}")
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
 
+
+# Seconds the ratings wait for the stream worker to know the replayed items.
+ITEMS_WAIT_S = 300.0
+
+
+def _wait_items_known(settings: Settings, supervisor: Supervisor, stop: threading.Event,
+                      expected: int, timeout_s: float = ITEMS_WAIT_S) -> None:
+    """Wait until the stream worker's item table holds the `expected` items replayed.
+
+    A rating of an item the worker does not know yet is parked until the item is linked,
+    and a parked rating gives no training example (its user's MeKB may have moved on in
+    the meantime: streams/partition.py). Sent right behind the items, a few hundred
+    ratings all parked while the worker was still linking, and EntityGraph, whose first
+    version needs training examples, never got one."""
+    deadline = time.monotonic() + timeout_s
+    known = 0
+    while not stop.is_set():
+        supervisor.check()
+        known = int((_health(settings.worker_port) or {}).get("items") or 0)
+        if known >= expected:
+            return
+        if time.monotonic() > deadline:
+            typer.echo(f"warning: the stream worker knows {known} of the {expected} items "
+                       f"after {timeout_s:.0f}s; replaying the ratings anyway (those of "
+                       "items it does not know yet give no training examples)", err=True)
+            return
+        stop.wait(0.5)
+
+
+class _Stall:
+    """Tells a first model version that will not come from a slow one: the trainer is at
+    the end of training-examples and neither it nor the stream worker (batches, items)
+    has moved for `stall_s` seconds, so no example is on its way."""
+
+    def __init__(self, settings: Settings, stall_s: float) -> None:
+        self.settings = settings
+        self.stall_s = stall_s
+        self.seen: tuple[Any, ...] | None = None
+        self.since = time.monotonic()
+
+    def check(self) -> int | None:
+        """Training-examples records the trainer consumed, once stalled; else None."""
+        trainer = _health(self.settings.trainer_port)
+        worker = _health(self.settings.worker_port)
+        now = time.monotonic()
+        if trainer is None or worker is None or not trainer.get("caught_up"):
+            self.seen = None
+            return None
+        seen = (trainer.get("records"), worker.get("batches"), worker.get("items"))
+        if seen != self.seen:
+            self.seen, self.since = seen, now
+            return None
+        return int(trainer.get("records") or 0) if now - self.since >= self.stall_s else None
+
+
+def _wait_serving_ready(settings: Settings, supervisor: Supervisor, stop: threading.Event,
+                        timeout_s: float, stall_s: float, model_kind: str) -> str | None:
+    """The active model version once serving answers /readyz, else None (stopped).
+    ComponentFailed after `timeout_s`, or once no version can come (`_Stall`)."""
+    from mekb.registry import Registry, registry_root
     from mekb.supervisor import ComponentFailed
+
     url = f"http://127.0.0.1:{settings.serving_port}/readyz"
+    registry = Registry(registry_root(settings))
+    stall = _Stall(settings, stall_s)
     deadline = time.monotonic() + timeout_s
     typer.echo("waiting for the trainer's first model version to be served ...")
     while not stop.is_set():
@@ -291,6 +368,15 @@ def _wait_serving_ready(settings: Settings, supervisor: Supervisor, stop: thread
                 return str(body.get("model_version") or body.get("version") or "?")
         except OSError:
             pass
+        consumed = stall.check() if registry.active_version() is None else None
+        if consumed is not None:
+            read = f"all {consumed} training examples" if consumed else "no training example"
+            raise ComponentFailed(
+                f"no model version: the trainer read {read} and nothing moved for "
+                f"{stall_s:.0f}s, so its first {model_kind} version will "
+                "not come (EntityGraph's needs examples of users who already have "
+                "entities: replay more ratings, --limit); logs: "
+                f"{settings.data_dir / 'logs'}/{{trainer,worker}}.log")
         if time.monotonic() > deadline:
             raise ComponentFailed(f"serving not ready after {timeout_s:.0f}s (no model version "
                                   f"served yet); logs: {settings.data_dir / 'logs'}/"

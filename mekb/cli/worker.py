@@ -18,6 +18,11 @@ def worker(
         None, "--port", min=0, max=65535,
         help="/metrics and /healthz port on MEKB_METRICS_HOST (MEKB_WORKER_PORT).",
     ),
+    runtime: str = typer.Option(
+        "aiokafka", "--runtime",
+        help="aiokafka (the default worker) or faust (the same agents as faust-streaming "
+        "agents of an app of their own, see streams/faust_app.py).",
+    ),
 ) -> None:
     """Keep every user's MeKB and the global entity df/N in RocksDB from the interaction
     and item streams; publish mekb-updates and training-examples."""
@@ -30,17 +35,36 @@ def worker(
     from streams.worker import StreamWorker, health_json
 
     settings = settings_with(worker_id=worker_id, worker_port=port)
+    if runtime not in ("aiokafka", "faust"):
+        raise CliError(f"--runtime must be aiokafka or faust, not {runtime!r}")
+    if runtime == "faust" and settings.exactly_once:
+        raise CliError("MEKB_EXACTLY_ONCE needs the aiokafka runtime; the Faust runtime is "
+                       "at-least-once (state stays exact)")
     if settings.exactly_once and settings.flavor == "tansu":
         raise CliError("MEKB_EXACTLY_ONCE needs Apache Kafka; the embedded broker has no "
                        "transactions (the default at-least-once keeps state exact)")
     require_broker(settings, SERVICE_BROKER_WAIT_S)
+    from streams.memory_budget import MemoryBudgetError, check
+
+    try:
+        check(settings)
+    except MemoryBudgetError as exc:
+        raise CliError(str(exc)) from None
     try:
         linker = build_linker(settings)
     except Exception as exc:  # AliasTableError, NerUnavailable: user-fixable
         raise CliError(f"no entity linker: {exc}") from None
     registry = CollectorRegistry()
     store = RocksDBStore(settings.data_dir / "streams" / settings.worker_id)
-    stream_worker = StreamWorker(settings, store, linker, StreamMetrics(registry))
+    stream_worker: StreamWorker
+    if runtime == "faust":
+        from streams.faust_app import build_app, install
+
+        app = build_app(settings)
+        stream_worker = install(app, settings, metrics=StreamMetrics(registry), linker=linker,
+                                store=store).worker
+    else:
+        stream_worker = StreamWorker(settings, store, linker, StreamMetrics(registry))
     server = serve(settings.metrics_host, settings.worker_port, registry,
                    lambda: health_json(stream_worker), name="worker")
     typer.echo(f"stream worker {settings.worker_id}: http://{settings.metrics_host}:"
@@ -54,7 +78,12 @@ def worker(
         await stream_worker.run(stop)
 
     try:
-        asyncio.run(main())
+        if runtime == "faust":
+            from streams.faust_app import run
+
+            run(app, settings)  # until SIGTERM/SIGINT
+        else:
+            asyncio.run(main())
     finally:
         server.shutdown()
         store.close()

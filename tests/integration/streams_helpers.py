@@ -37,17 +37,20 @@ def worker_env(settings: Settings, alias: Path, worker_id: str, port: int) -> di
     })
     if settings.example_entities is not None:
         env["MEKB_EXAMPLE_ENTITIES"] = str(settings.example_entities)
+    for name in ("decay_half_life_s", "decay_min_k", "user_ttl_s"):
+        env[f"MEKB_{name.upper()}"] = str(getattr(settings, name))
     return env
 
 
 class Worker(ChildProcess):
     stop_grace_s = 20.0
 
-    def __init__(self, settings: Settings, alias: Path, worker_id: str, log: Path) -> None:
+    def __init__(self, settings: Settings, alias: Path, worker_id: str, log: Path,
+                 runtime: str = "aiokafka") -> None:
         self.port = free_port()
         self.log = log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mekb.cli.main", "worker"],
+            [sys.executable, "-m", "mekb.cli.main", "worker", "--runtime", runtime],
             env=worker_env(settings, alias, worker_id, self.port),
             stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
         )
@@ -112,7 +115,10 @@ def read_topic(settings: Settings, topic: str, idle_s: float = 1.0) -> list[Any]
 
 def latest_mekbs(settings: Settings) -> dict[str, dict[str, Any]]:
     latest: dict[str, dict[str, Any]] = {}
-    for rec in read_topic(settings, "mekb-updates"):
+    for rec in read_topic(settings, "mekb-updates"):  # each partition in offset order
+        if rec.value is None:  # tombstone: the user was deleted or expired
+            latest.pop(rec.key.decode(), None)
+            continue
         value = json.loads(rec.value)
         seen = latest.get(value["user_id"])
         if seen is None or value["version"] >= seen["version"]:

@@ -35,7 +35,9 @@ def _figure(out: str, label: str) -> float:
 
 def test_bench_streams_reports_rate_ratio_and_rss(broker: EmbeddedBroker) -> None:
     # Batches of 500: the rate is timed from the first committed batch to the last.
-    done = _bench(broker, "--events", "3000", "--batch-max", "500")
+    # Both runtimes side by side: the default worker, then the Faust one.
+    done = _bench(broker, "--events", "3000", "--batch-max", "500",
+                  "--runtimes", "aiokafka,faust")
     assert done.returncode == 0, done.stdout + done.stderr
     run = dict(re.findall(r"(\w+) ([\d,.]+)", done.stdout.split("\n", 1)[0]))
     events = float(run["events"].replace(",", ""))
@@ -46,6 +48,10 @@ def test_bench_streams_reports_rate_ratio_and_rss(broker: EmbeddedBroker) -> Non
     ratio = _figure(done.stdout, "ratio") / 100
     assert ratio == pytest.approx(rate / raw, abs=0.001)
     assert _figure(done.stdout, "worker peak RSS") > 20  # MiB of a real worker process
+    assert "run 1 (faust)" in done.stdout  # a run of its own, on topics of its own
+    faust = _figure(done.stdout, "faust worker")
+    assert 0 < faust < raw * 2  # (its raw baseline is another run's)
+    assert _figure(done.stdout, "faust / aiokafka") == pytest.approx(faust / rate, abs=0.01)
 
 
 def test_bench_streams_refuses_a_run_too_small_to_time(broker: EmbeddedBroker) -> None:

@@ -7,7 +7,9 @@ entitygraph`, `mekb serve` and `mekb models activate` as processes.
 - Switching the active version between kinds (EntityGraph -> EmbedMe -> EntityGraph)
   under concurrent requests: no failed request, and every response equals the
   embedding of the version it names, computed independently from that version's
-  bundle (so no response mixes versions or kinds).
+  bundle (so no response mixes versions or kinds). Once after the trainer's own
+  versions (switched with `mekb models activate`), and once on its own in well under a
+  minute (tiny bundles of both kinds, switched through the admin API of `mekb serve`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +32,9 @@ from mekb.broker import EmbeddedBroker
 from mekb.registry import Registry
 from mekb.scoring import sequence_text
 from mekb.settings import Settings
+from mekb.topics import create_topics
 from tests.integration.streams_helpers import Worker, latest_mekbs, produce
-from tests.integration.test_serving_process import KEY, ServeProcess
+from tests.integration.test_serving_process import ADMIN, KEY, ServeProcess
 from tests.integration.test_stream_training_quality import (  # noqa: F401 (fixture)
     alias,
     interaction_pairs,
@@ -171,8 +176,8 @@ def _live_checks(sc: Any, settings: Settings, registry: Registry, trainer: Train
         # the update of the event (the replica's catch-up before it is older than that)
         assert total - lag_before[1] >= 1 and within - lag_before[0] == total - lag_before[1], \
             (lag_before, within, total)
-        assert 'mekb_serving_refresh_total{outcome="deferred"}' not in metrics or \
-            'mekb_serving_refresh_total{outcome="deferred"} 0.0' in metrics
+        deferred = 'mekb_serving_refresh_users_total{outcome="deferred"}'
+        assert deferred not in metrics or f"{deferred} 0.0" in metrics
     finally:
         assert worker.stop() == 0
         # the trainer must not replace the active version during the switches below
@@ -193,6 +198,16 @@ def _live_checks(sc: Any, settings: Settings, registry: Registry, trainer: Train
         tmp_path / "embedme", version="20990101T000000Z-e3bed0", item_ids=items["item_ids"],
         domains=items["domains"], dim=DIM), move=True)
     assert em.model_kind == "embedme"
+    _switch_under_load(serve, registry, users, [em.version, eg.version],
+                       lambda version: _models(settings, "activate", version))
+    assert serve.stop() == 0
+
+
+def _switch_under_load(serve: ServeProcess, registry: Registry, users: list[str],
+                       sequence: list[str], activate: Callable[[str], object]) -> None:
+    """Concurrent GETs of `users`' embeddings while `activate` switches to each version
+    of `sequence` in turn (waiting until it serves): no failed request, and every
+    response equals its named version's own embedding of that user."""
     ref = Reference(registry)
     mine = {u: serve.client.get(f"/v1/users/{u}/mekb").json()["entities"] for u in users}
     failures: list[str] = []
@@ -210,6 +225,7 @@ def _live_checks(sc: Any, settings: Settings, registry: Registry, trainer: Train
                 body = r.json()
                 versions.add(body["model_version"])
                 want = ref.embed(body["model_version"], mine[user])
+                assert len(body["embedding"]) == len(want), (body["model_version"], user)
                 np.testing.assert_allclose(body["embedding"], want, rtol=1e-4, atol=1e-4)
             except (AssertionError, httpx.HTTPError, KeyError) as exc:
                 failures.append(repr(exc)[:300])
@@ -221,21 +237,82 @@ def _live_checks(sc: Any, settings: Settings, registry: Registry, trainer: Train
             assert time.monotonic() < deadline, f"{version} never became active"
             time.sleep(0.1)
 
+    first = serve.client.get("/v1/models").json()["serving"]
     threads = [threading.Thread(target=hammer, args=(u,)) for u in users]
     for t in threads:
         t.start()
     try:
         time.sleep(1.0)
-        _models(settings, "activate", em.version)  # EntityGraph -> EmbedMe
-        serving(em.version)
-        time.sleep(1.0)
-        _models(settings, "activate", eg.version)  # and back
-        serving(eg.version)
-        time.sleep(1.0)
+        for version in sequence:
+            activate(version)
+            serving(version)
+            time.sleep(1.0)
     finally:
         stop.set()
         for t in threads:
             t.join(30)
-    assert serve.stop() == 0
     assert not failures, failures[:5]
-    assert versions == {eg.version, em.version}
+    assert versions == {first, *sequence}
+
+
+def _tiny_entitygraph(out: Path, version: str, items: list[str], domains: list[str],
+                      n_entities: int) -> Path:
+    """A small but real EntityGraph bundle, exported by the trainer's own path."""
+    import torch
+
+    from trainer.entitygraph.model import EntityGraph, EntityGraphConfig
+    from trainer.online.kinds import EntityGraphOnline
+
+    torch.manual_seed(0)
+    model = EntityGraph(EntityGraphConfig(dim=DIM, hidden=32), 24).eval()
+    vecs = np.random.default_rng(0).standard_normal((n_entities, 24)).astype(np.float32)
+    model.add_entities([f"kb:e{n}" for n in range(n_entities)], vecs)
+    model.add_items(items, domains)
+    return EntityGraphOnline(Settings()).write_full_bundle(
+        model, out, version=version, parent=None, gate={}, metrics={}, offsets={})
+
+
+def test_switch_between_kinds_through_the_admin_api(broker: EmbeddedBroker,
+                                                    tmp_path: Path) -> None:
+    """EntityGraph -> EmbedMe -> EntityGraph by `POST /v1/models/{v}/activate` under
+    concurrent requests (EmbedMe's embeddings are 16-wide, EntityGraph's 32: a response
+    of one kind labelled with the other's version fails on its width too)."""
+    from serving.testing import write_tiny_bundle
+
+    items = [f"i{n}" for n in range(8)]
+    domains = ["movies", "books"] * 4
+    registry = Registry(tmp_path / "registry")
+    eg = registry.publish(_tiny_entitygraph(tmp_path / "eg", "20990101T000000Z-e9a001",
+                                            items, domains, 60), move=True)
+    em = registry.publish(write_tiny_bundle(tmp_path / "em", version="20990101T000001Z-e3b001",
+                                            item_ids=items, domains=domains, dim=16),
+                          move=True)
+    assert (eg.model_kind, em.model_kind) == ("entitygraph", "embedme")
+    registry.activate(eg.version)
+    serve = ServeProcess(broker, tmp_path / "serve-data", registry.root,
+                         f"tk{uuid.uuid4().hex[:8]}-", tmp_path / "serve.log")
+    create_topics(serve.settings)
+    users = ["ann", "ben", "cid", "dee"]
+    rng = np.random.default_rng(5)
+    produce(serve.settings, "mekb-updates", [(u.encode(), json.dumps({
+        "v": 1, "user_id": u, "version": 1, "ts": time.time(), "updated_at": time.time(),
+        "entities": [{"id": f"kb:e{e}", "title": f"entity {e}", "k": 1.0,
+                      "score": float(rng.random())}
+                     for e in rng.choice(60, size=3 + 2 * n, replace=False)],
+    }).encode()) for n, u in enumerate(users)])
+    serve.start()
+    admin = httpx.Client(base_url=serve.url, headers={"X-API-Key": ADMIN}, timeout=60)
+
+    def activate(version: str) -> None:
+        r = admin.post(f"/v1/models/{version}/activate")
+        assert r.status_code == 200, r.text
+
+    try:
+        deadline = time.monotonic() + 30
+        while any(serve.client.get(f"/v1/users/{u}/mekb").status_code != 200 for u in users):
+            assert time.monotonic() < deadline, "the MeKBs never reached the replica"
+            time.sleep(0.1)
+        _switch_under_load(serve, registry, users, [em.version, eg.version], activate)
+    finally:
+        admin.close()
+        assert serve.stop() == 0, serve.log.read_text()[-2000:]

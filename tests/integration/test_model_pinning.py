@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -44,8 +45,6 @@ def mekb(settings: Settings, *args: str) -> str:
     return result.stdout
 
 
-@pytest.mark.xfail(strict=False, reason="intermittent (about 1 run in 3 at the end of stop 14, "
-                   "cause not yet found); still run and reported: an XPASS is the usual outcome")
 def test_a_rollback_sticks_while_the_trainer_publishes_and_restarts(
     settings: Settings, tmp_path: Path, tiny_encoder: str
 ) -> None:
@@ -59,6 +58,7 @@ def test_a_rollback_sticks_while_the_trainer_publishes_and_restarts(
     try:
         trainer.wait_healthy()
         good = registry.active_version()
+        assert good is not None  # (the trainer publishes a first version before it is healthy)
         produce(settings, "training-examples", examples(0, 60))
         wait_for(lambda: registry.active_version() not in (None, good), 120,
                  "a first candidate to become active", trainer)
@@ -89,14 +89,19 @@ def test_a_rollback_sticks_while_the_trainer_publishes_and_restarts(
     finally:
         assert trainer.stop() == 0, trainer.tail()
     assert registry.active_version() == good
-    assert "inactive: the registry is pinned to " + good in trainer.tail()
+    # the whole log: what the trainer writes after that line (checkpoints, shutdown) can
+    # push it out of tail()'s last 4,000 characters
+    assert "inactive: the registry is pinned to " + good in log.read_text(errors="replace")
     lines = {line[2:].split()[0]: line for line in mekb(settings, "list").splitlines()
              if line[:2] in ("* ", "  ")}
     assert lines[good].startswith("* ") and " pinned " in lines[good]
     later = [v.version for v in registry.list() if v.version not in at_rollback]
     assert later and all(" held " in lines[v] for v in later)
     assert f"pinned to {good} since" in mekb(settings, "list")
-    # serving replicas were told about the rollback only: held versions are not announced
-    announced = [r.key.decode() for r in read_topic(settings, "model-updates")]
-    assert announced[-2:] == [bad, good]
+    # Serving replicas were told about the rollback only: held versions are not announced.
+    # model-updates is keyed by version over several partitions, and an event only wakes a
+    # replica to re-read ACTIVE (docs/contracts.md), so the topic gives no order between
+    # versions: count per version. `good` twice: its first publication and the rollback.
+    announced = Counter(r.key.decode() for r in read_topic(settings, "model-updates"))
+    assert announced[good] == 2 and announced[bad] == 1, announced
     assert not set(announced) & set(later)

@@ -8,6 +8,8 @@ rebuilds from the topic); malformed requests get 4xx.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -28,6 +30,16 @@ from mekb.registry import Registry, announce
 from mekb.scoring import sequence_text
 from mekb.settings import Settings
 from mekb.topics import create_topics
+from mekb_client import (
+    AsyncClient,
+    Client,
+    InvalidRequest,
+    ModelVersionMismatch,
+    NotFound,
+    Retry,
+    Unauthorized,
+    UserEmbedding,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -88,7 +100,9 @@ class Expected:
             self.user[version] = out
             self.items[version] = np.load(path / "items.npy")
 
-    def check(self, body: dict[str, Any], user: str) -> None:
+    def check(self, body: dict[str, Any] | UserEmbedding, user: str) -> None:
+        if isinstance(body, UserEmbedding):  # mekb_client's typed answer
+            body = dataclasses.asdict(body)
         version = body["model_version"]
         assert version in (V1, V2), body
         np.testing.assert_allclose(body["embedding"], self.user[version][user],
@@ -120,6 +134,8 @@ class ServeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}"
         self.client = httpx.Client(base_url=self.url, headers={"X-API-Key": KEY}, timeout=30)
+        # mekb_client, without retries: a failed request fails the test, as with httpx
+        self.api = Client(self.url, KEY, timeout=30, retry=Retry(attempts=1))
 
     def start(self, timeout_s: float = 90.0) -> ServeProcess:
         with open(self.log, "ab") as fh:
@@ -168,9 +184,9 @@ class ServeProcess:
     def wait_version(self, user: str, version: int, timeout_s: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while True:
-            body = self.client.get(f"/v1/users/{user}/embedding").json()
-            if body["mekb_version"] == version or time.monotonic() > deadline:
-                return body
+            body = self.api.embedding(user)
+            if body.mekb_version == version or time.monotonic() > deadline:
+                return dataclasses.asdict(body)
             time.sleep(0.02)
 
 
@@ -188,8 +204,8 @@ def server(broker: EmbeddedBroker, registry_dir: Path,
 
 def test_update_changes_embedding_within_freshness_target(server: ServeProcess,
                                                           expected: Expected) -> None:
-    cold = server.client.get("/v1/users/alice/embedding").json()
-    assert cold["cold_start"] is True
+    cold = server.api.embedding("alice")
+    assert cold.cold_start is True and cold.mekb_version == 0
     expected.check(cold, "")
     for version, user_titles in ((1, "alice"), (2, "carol")):
         start = time.monotonic()
@@ -199,11 +215,10 @@ def test_update_changes_embedding_within_freshness_target(server: ServeProcess,
         assert body["mekb_version"] == version and body["cold_start"] is False
         assert elapsed < FRESHNESS_TARGET_S, f"update visible after {elapsed:.2f}s"
         expected.check(body, user_titles)
-    mekb = server.client.get("/v1/users/alice/mekb").json()
-    assert [e["title"] for e in mekb["entities"]] == USERS["carol"]
-    recs = server.client.get("/v1/users/alice/recommendations",
-                             params={"domain": "movies", "k": 10}).json()
-    assert {i["item_id"] for i in recs["items"]} == {"m2", "m3", "m4", "m5"}
+    mekb = server.api.mekb("alice")
+    assert [e.title for e in mekb.entities] == USERS["carol"]
+    recs = server.api.recommendations("alice", domain="movies", k=10)
+    assert {i.item_id for i in recs.items} == {"m2", "m3", "m4", "m5"}
     metrics = server.client.get("/metrics").text
     assert "mekb_serving_processing_lag_seconds_count" in metrics
     assert 'mekb_serving_replica_records_total{outcome="applied"}' in metrics
@@ -290,6 +305,91 @@ def test_malformed_requests_get_4xx(server: ServeProcess) -> None:
     for r in bad:
         assert "Traceback" not in r.text and isinstance(r.json()["detail"], str)
     assert c.get("/openapi.json").json()["paths"]["/v1/users/{user_id}/embedding"]
+
+
+def test_client_errors_batches_and_pinning(server: ServeProcess, expected: Expected) -> None:
+    """mekb_client against the real service: typed errors (never retried: one attempt),
+    a batch split over requests and all of one version, version pinning, async."""
+    api = Client(server.url, KEY, batch_size=2)
+    with pytest.raises(Unauthorized) as denied:
+        Client(server.url, "wrong-key").embedding("alice")
+    assert denied.value.attempts == 1
+    with pytest.raises(NotFound, match="unknown domain 'nope'"):
+        api.recommendations("alice", domain="nope")
+    with pytest.raises(InvalidRequest, match="k: at most"):
+        api.recommendations("alice", domain="movies", k=5000)
+    with pytest.raises(NotFound, match="has no MeKB"):
+        api.mekb("nobody-at-all")
+    with pytest.raises(Unauthorized):
+        api.unpin()  # an admin call with a user key
+
+    serving = api.models().serving
+    other = V2 if serving == V1 else V1
+    batch = Client(server.url, KEY, batch_size=2, model_version=serving).embeddings(
+        ["alice", "bob", "carol", "nobody"])
+    assert batch.model_version == serving and len(batch.embeddings) == 4
+    assert {e.model_version for e in batch.embeddings} == {serving}
+    expected.check(batch.by_user()["nobody"], "")
+    pinned = Client(server.url, KEY, model_version=other)
+    with pytest.raises(ModelVersionMismatch, match=f"pinned to {other}") as err:
+        pinned.embedding("alice")
+    assert err.value.got == serving
+    # where the API takes a version, the pinned one is asked for and answered
+    items = pinned.item_embeddings("books")
+    assert items.model_version == other and items.item_ids == ["b1", "b2", "b3"]
+    np.testing.assert_allclose(items.embeddings, expected.items[other][5:], rtol=1e-5)
+
+    async def both() -> list[UserEmbedding]:
+        async with AsyncClient(server.url, KEY, model_version=serving) as client:
+            return list(await asyncio.gather(client.embedding("bob"),
+                                             client.embedding("nobody")))
+
+    bob, nobody = asyncio.run(both())
+    assert bob.model_version == nobody.model_version == serving
+    expected.check(nobody, "")
+
+
+class CountingTransport(httpx.HTTPTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tries = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.tries += 1
+        return super().handle_request(request)
+
+
+def test_client_retries_until_the_service_is_up(
+    broker: EmbeddedBroker, registry_dir: Path, tmp_path: Path, expected: Expected
+) -> None:
+    """A call made before `mekb serve` listens is retried with backoff (connection
+    refused; 503 too, should it arrive before a model is loaded) and answers once the
+    service is up."""
+    proc = ServeProcess(broker, tmp_path / "data", registry_dir, "tserve3-",
+                        tmp_path / "serve.log")
+    create_topics(proc.settings)
+    transport = CountingTransport()
+    api = Client(proc.url, KEY, transport=transport,
+                 retry=Retry(attempts=400, backoff_s=0.05, backoff_max_s=0.25))
+    answers: list[UserEmbedding | BaseException] = []
+
+    def call() -> None:
+        try:
+            answers.append(api.embedding("zoe"))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            answers.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(0.5)  # nothing listens yet: refused, retried
+    proc.start()
+    try:
+        caller.join(60)
+        assert answers and isinstance(answers[0], UserEmbedding), answers
+        assert transport.tries >= 3  # several refused tries before the answer
+        expected.check(answers[0], "")
+    finally:
+        proc.stop()
 
 
 def test_restart_recovers_replica_and_rebuilds_from_topic(

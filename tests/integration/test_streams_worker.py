@@ -75,18 +75,24 @@ def events_pairs(log: EventLog, start: int = 0, stop: int | None = None) -> list
     return list(zip(log.keys, log.interactions, strict=True))[start:stop]
 
 
+# The default aiokafka worker and the same agents as faust-streaming agents
+# (streams/faust_app.py) under the same exactness checks.
+RUNTIMES = pytest.mark.parametrize("runtime", ["aiokafka", "faust"])
+
+
 def small_log() -> EventLog:
     return generate(n_users=60, n_items=80, n_events=3000, n_entities=120, seed=11,
                     dup_rate=0.10, malformed_rate=0.02, late_rate=0.10)
 
 
+@RUNTIMES
 def test_replay_is_exact_with_duplicates_malformed_and_late_items(
-    wsettings: Settings, alias: Path, tmp_path: Path
+    wsettings: Settings, alias: Path, tmp_path: Path, runtime: str
 ) -> None:
     log = small_log()
     ref, ref_df, ref_n = reference(wsettings, alias, log)
     produce(wsettings, "items", items_pairs(log.items))
-    worker = Worker(wsettings, alias, "w1", tmp_path / "w1.log")
+    worker = Worker(wsettings, alias, "w1", tmp_path / "w1.log", runtime)
     try:
         worker.wait_ready()
         worker.wait_items(len(log.items))  # early items linked before their interactions
@@ -225,28 +231,29 @@ def test_examples_carry_the_best_entities_scored_over_the_whole_mekb(
     assert wider > len(examples) // 2
 
 
+@RUNTIMES
 def test_sigkill_restart_and_lost_rocksdb_stay_exact(
-    wsettings: Settings, alias: Path, tmp_path: Path
+    wsettings: Settings, alias: Path, tmp_path: Path, runtime: str
 ) -> None:
     log = small_log()
     ref, ref_df, ref_n = reference(wsettings, alias, log)
     produce(wsettings, "items", items_pairs(log.items))
     pairs = events_pairs(log)
     third = len(pairs) // 3
-    worker = Worker(wsettings, alias, "w1", tmp_path / "w1.log")
+    worker = Worker(wsettings, alias, "w1", tmp_path / "w1.log", runtime)
     worker.wait_ready()
     produce(wsettings, "interactions", pairs[:third])
     time.sleep(1.0)
     produce(wsettings, "interactions", pairs[third:2 * third])
     worker.kill()  # mid-stream, RocksDB kept
-    worker = Worker(wsettings, alias, "w1", tmp_path / "w1b.log")
+    worker = Worker(wsettings, alias, "w1", tmp_path / "w1b.log", runtime)
     worker.wait_ready()
     time.sleep(1.0)
     worker.kill()
     shutil.rmtree(wsettings.data_dir / "streams" / "w1")  # restore from the changelog
     produce(wsettings, "interactions", pairs[2 * third:])
     produce(wsettings, "items", items_pairs(log.late_items))
-    worker = Worker(wsettings, alias, "w1", tmp_path / "w1c.log")
+    worker = Worker(wsettings, alias, "w1", tmp_path / "w1c.log", runtime)
     try:
         worker.wait_ready()
         wait_exact(wsettings, ref, ref_df, ref_n)
@@ -254,12 +261,15 @@ def test_sigkill_restart_and_lost_rocksdb_stay_exact(
         assert worker.stop() == 0
 
 
-def test_two_workers_equal_one(wsettings: Settings, alias: Path, tmp_path: Path) -> None:
+@RUNTIMES
+def test_two_workers_equal_one(
+    wsettings: Settings, alias: Path, tmp_path: Path, runtime: str
+) -> None:
     log = small_log()
     ref, ref_df, ref_n = reference(wsettings, alias, log)
     produce(wsettings, "items", items_pairs(log.items + log.late_items))
-    a = Worker(wsettings, alias, "wa", tmp_path / "wa.log")
-    b = Worker(wsettings, alias, "wb", tmp_path / "wb.log")
+    a = Worker(wsettings, alias, "wa", tmp_path / "wa.log", runtime)
+    b = Worker(wsettings, alias, "wb", tmp_path / "wb.log", runtime)
     try:
         a.wait_ready()
         b.wait_ready()

@@ -21,10 +21,6 @@ def test_up_once_replays_sample_serves_and_stops_cleanly(tmp_path: Path) -> None
         MEKB_WORKER_PORT=free_port(), MEKB_TRAINER_PORT=free_port(),
         MEKB_SERVING_PORT=free_port(), MEKB_MONITOR_PORT=free_port(),
         MEKB_TRAINER_MAX_TOKENS=16, MEKB_TRAINER_DIM=32,
-        # EmbedMe publishes its first version at start; EntityGraph's waits for its first
-        # training examples, and a trainer that intermittently consumed none hung this
-        # test (open in issue 16). The default kind's banner is checked in unit tests.
-        MEKB_MODEL_KIND="embedme",
     )
     result = subprocess.run(
         [sys.executable, "-m", "mekb.cli.main", "up", "--once", "--limit", "300", "--rate", "0",
@@ -37,12 +33,39 @@ def test_up_once_replays_sample_serves_and_stops_cleanly(tmp_path: Path) -> None
     assert "replayed interactions.jsonl: sent 300 events" in out
     assert "rejected 0 lines" in out
     assert "serves embeddings" in out and "/v1/users/u1/embedding" in out
-    # issue 16: the configured kind is named in the banner
-    assert "(embedme) serves embeddings" in out and "trainer trains embedme" in out
+    # the default kind (issue 16), whose first version waits for training examples: the
+    # ratings wait for the worker to know the items, else they all parked (no examples)
+    # and this hung intermittently
+    assert "(entitygraph) serves embeddings" in out and "trainer trains entitygraph" in out
     assert result.stdout.rstrip().endswith("stopped")
     assert "killing" not in out, "a process ignored SIGTERM for the whole grace period"
     for name in ("broker", "worker", "trainer", "serving", "monitor"):
         assert (tmp_path / "logs" / f"{name}.log").exists(), name
+    assert not (tmp_path / "broker.json").exists()
+
+
+def test_up_once_gives_up_on_a_first_version_that_cannot_come(tmp_path: Path) -> None:
+    """One rating: at most one training example, and without entities (its user's MeKB
+    was empty before it), so EntityGraph never has a first version. `mekb up --once`
+    says so in one line once nothing moves for --stall-timeout, instead of waiting for
+    --ready-timeout."""
+    env = child_env(
+        MEKB_DATA_DIR=tmp_path, MEKB_ALIAS_TABLE=default_alias_table(),
+        MEKB_WORKER_PORT=free_port(), MEKB_TRAINER_PORT=free_port(),
+        MEKB_SERVING_PORT=free_port(), MEKB_MONITOR_PORT=free_port(),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "mekb.cli.main", "up", "--once", "--limit", "1", "--rate", "0",
+         "--no-prometheus", "--stall-timeout", "10", "--ready-timeout", "500"],
+        env=env, capture_output=True, text=True, timeout=400,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-5000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mekb: error:")]
+    assert len(errors) == 1 and "no model version" in errors[0], out[-5000:]
+    assert "nothing moved for 10s" in errors[0] and "entitygraph" in errors[0]
+    assert "Traceback" not in out and "killing" not in out
+    assert not (tmp_path / "registry" / "ACTIVE").exists()
     assert not (tmp_path / "broker.json").exists()
 
 

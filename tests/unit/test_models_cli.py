@@ -22,7 +22,8 @@ def test_pin_list_activate_unpin(tmp_path: Path) -> None:
     reg = Registry(tmp_path / "data" / "registry")
     for n in (1, 2, 3):
         reg.publish(make_bundle(tmp_path / f"b{n}", bytes([n])), version=f"v{n}",
-                    extra={"created_at": 1000.0 + n})
+                    extra={"created_at": 1000.0 + n,
+                           **({"model_kind": "entitygraph"} if n == 3 else {})})
     pinned = models(tmp_path / "data", "pin", "v1", "--no-announce")
     assert pinned.returncode == 0, pinned.stderr
     assert pinned.stdout.strip() == "pinned: v1 (now active, was -)"
@@ -31,6 +32,9 @@ def test_pin_list_activate_unpin(tmp_path: Path) -> None:
     listed = models(tmp_path / "data", "list")
     lines = listed.stdout.splitlines()
     assert lines[0].startswith("* v1 ") and " pinned " in lines[0]
+    # id, version kind, model kind (a bundle without one is published as embedme)
+    assert [line.lstrip("* ").split()[:3] for line in lines[:3]] == [
+        ["v1", "full", "embedme"], ["v2", "full", "embedme"], ["v3", "full", "entitygraph"]]
     assert lines[1].startswith("  v2 ") and " - " in lines[1]
     assert lines[2].startswith("  v3 ") and " held " in lines[2]
     assert lines[3].startswith("pinned to v1 since ") and "(pin)" in lines[3]

@@ -101,7 +101,7 @@ def test_fresh_start_publishes_an_initial_version(tmp_path: Path, tiny_encoder: 
     assert h.announced == [active.version]
     assert h.metric("mekb_trainer_gate_decisions_total", decision="initial", kind="full") == 1
     assert h.metric("mekb_trainer_active_version_info", version=active.version,
-                    kind="full") == 1
+                    kind="full", model_kind="embedme") == 1
     # a restart finds the publication of its checkpoint done: no second version
     again = Harness(h.settings)
     assert again.source == "checkpoint"

@@ -32,7 +32,7 @@ def test_rollback_pins_and_the_trainer_publishes_inactive_until_unpin(
     assert held.manifest["held"] == {"pinned_version": initial, "pin_reason": "rollback"}
     assert h.announced == [initial, bad]  # nothing announced for a held version
     assert h.metric("mekb_trainer_active_version_info", version=held.version,
-                    kind="full") == 0
+                    kind="full", model_kind="embedme") == 0
 
     assert h.registry.held_versions() == {held.version}
 

@@ -8,7 +8,7 @@ from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from trainer.online.metrics import TrainerMetrics
-from trainer.online.service import AlreadyRunning, Health, acquire_lock, bound_lag
+from trainer.online.service import AlreadyRunning, Health, acquire_lock, at_end, bound_lag
 
 
 def test_one_trainer_per_registry(tmp_path: Path) -> None:
@@ -63,3 +63,12 @@ def test_lag_bound_skips_ahead_only_when_set_and_exceeded(max_lag: int) -> None:
     else:  # partition 0 is 60 behind: it moves to the newest 10; partition 1 is fine
         assert lag == 10 + 5 and consumer.seeks == {0: 90} and _skipped(trainer) == 50
         assert trainer.offsets == {"t:0": 90, "t:1": 10, "t:2": 0}
+
+
+def test_at_end_needs_every_watermark_and_every_partition_read_to_it() -> None:
+    tps = [TopicPartition("t", p) for p in range(2)]
+    trainer = _Trainer({"t:0": 7})
+    assert at_end(_Consumer({0: 7, 1: 0}), "t", tps, trainer)  # type: ignore[arg-type]
+    assert not at_end(_Consumer({0: 7, 1: None}), "t", tps, trainer)  # type: ignore[arg-type]
+    assert not at_end(_Consumer({0: 7, 1: 3}), "t", tps, trainer)  # type: ignore[arg-type]
+    assert not at_end(_Consumer({0: 9, 1: 0}), "t", tps, trainer)  # type: ignore[arg-type]

@@ -234,8 +234,8 @@ def test_admin_activate_and_rollback_swap_versions(registry) -> None:
         bad_id = client.post("/v1/models/..%2Fetc/activate", headers=admin)
         assert bad_id.status_code in (404, 422)
         text = client.get("/metrics").text
-        assert f'mekb_serving_model_info{{kind="full",provider="CPUExecutionProvider",' \
-               f'version="{V1}"}} 1.0' in text
+        assert f'mekb_serving_model_info{{kind="full",model_kind="embedme",' \
+               f'provider="CPUExecutionProvider",version="{V1}"}} 1.0' in text
         assert "mekb_serving_model_swaps_total 3.0" in text
 
 

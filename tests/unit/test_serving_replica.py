@@ -118,3 +118,53 @@ def test_batcher_batches_concurrent_requests_before_refreshes() -> None:
     # the 5 queued requests ran as one batch before any refresh; models never mixed
     assert calls[0] == ("m", 1) and calls[1] == ("m", 5) and calls[2] == ("m2", 1)
     assert calls[3:] == [("m", 2), ("m", 1)]
+
+
+@pytest.mark.parametrize("path", [None, "rocks"])
+def test_replica_versions_are_checked_from_their_own_keys(tmp_path: Path,
+                                                          path: str | None) -> None:
+    """A stored user's version comes from its `v:` key (no decode of its record); a
+    replica written before those keys (records only) still refuses older versions, and a
+    tombstone removes both keys."""
+    from serving.replica import USER, VERSION
+
+    replica = Replica(tmp_path / path if path else None)
+    replica.apply([Incoming(0, 0, b"u1", _value("u1", 5)), Incoming(0, 1, b"u2", _value("u2", 2))])
+    assert replica._get_many([VERSION + b"u1", VERSION + b"u2"]) == [
+        (5).to_bytes(8, "big"), (2).to_bytes(8, "big")]
+    # the version key decides, not the record: a record that no longer parses is not read
+    replica._write({USER + b"u1": b"{damaged"})
+    assert replica.apply([Incoming(0, 2, b"u1", _value("u1", 4))]).older == 1
+    # written before the version keys: the record's own version is used
+    replica._write({VERSION + b"u2": None})
+    result = replica.apply([Incoming(0, 3, b"u2", _value("u2", 1)),
+                            Incoming(0, 4, b"u2", _value("u2", 3, "new"))])
+    assert result.older == 1 and [(r.user_id, r.version) for r in result.applied] == [("u2", 3)]
+    assert replica._get_many([VERSION + b"u2"]) == [(3).to_bytes(8, "big")]
+    result = replica.apply([Incoming(0, 5, b"u2", None), Incoming(0, 6, b"u2", _value("u2", 1))])
+    assert result.deleted == ["u2"] and [r.version for r in result.applied] == [1]
+    replica.apply([Incoming(0, 7, b"u2", None)])
+    assert replica.get("u2") is None and replica._get_many([VERSION + b"u2"]) == [None]
+    assert replica.offsets() == {0: 8}
+
+
+def test_observe_many_equals_observe_per_value() -> None:
+    """The batch path of the serving histograms counts exactly what observe() would."""
+    from prometheus_client import Histogram
+
+    from serving.batcher import observe_many
+
+    reg = CollectorRegistry()
+    one = Histogram("one_seconds", "", buckets=(0.01, 0.5, 1.0), registry=reg)
+    many = Histogram("many_seconds", "", buckets=(0.01, 0.5, 1.0), registry=reg)
+    values = np.asarray([0.0, 0.01, 0.0100001, 0.5, 0.7, 1.0, 3.0, 250.0])
+    for v in values:
+        one.observe(float(v))
+    observe_many(many, values)
+    observe_many(many, np.zeros(0))
+    samples = {s.name.replace("one", "x").replace("many", "x") + str(s.labels): s.value
+               for m in reg.collect() for s in m.samples if not s.name.endswith("_created")}
+    got = {s.name + str(s.labels): s.value for m in reg.collect() for s in m.samples
+           if s.name.startswith("many") and not s.name.endswith("_created")}
+    assert got and all(v == samples[k.replace("many", "x")] for k, v in got.items())
+    assert got["many_seconds_bucket{'le': '0.01'}"] == 2

@@ -8,10 +8,11 @@ item and its domain.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from mekb.scoring import sequence_text
 
@@ -62,12 +63,14 @@ class Example:
 
 
 def parse_example(value: bytes | None) -> Example:
-    """Decode one `training-examples` record; InvalidExample says why not."""
+    """Decode one `training-examples` record; InvalidExample says why not. (orjson and
+    one comprehension per field: at thousands of examples/s this was a tenth of
+    EntityGraph's continuous training time with `json` and a loop per entity.)"""
     if not value:
         raise InvalidExample("empty record")
     try:
-        data = json.loads(value)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
         raise InvalidExample(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidExample("not a JSON object")
@@ -84,18 +87,23 @@ def parse_example(value: bytes | None) -> Example:
             raise InvalidExample(f"{key} must be a non-empty string")
     if not isinstance(entities, list):
         raise InvalidExample("entities must be a list")
-    titles, ids_, scores = [], [], []
-    for ent in entities[:MAX_TITLES]:
-        title = ent.get("title") if isinstance(ent, dict) else None
-        if isinstance(title, str) and title:
-            titles.append(title)
-            eid = ent.get("id")
-            ids_.append(eid if isinstance(eid, str) and eid else title)
-            score = ent.get("score")
-            scores.append(float(score) if isinstance(score, int | float) and not isinstance(
-                score, bool) and score >= 0 else 0.0)
+    # entities without a non-empty string title are left out; a missing id is the title,
+    # a missing, negative or non-numeric score 0
+    ents = [e for e in entities[:MAX_TITLES] if type(e) is dict and _title(e.get("title"))]
+    titles = tuple(e["title"] for e in ents)
+    ids_ = tuple(e.get("id") if _title(e.get("id")) else e["title"] for e in ents)
+    scores = tuple(_score(e.get("score")) for e in ents)
     size = data.get("mekb_size", len(entities))  # absent before the field existed
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise InvalidExample("mekb_size must be a non-negative integer")
     return Example(ids["example_id"], ids["user_id"], ids["domain"], ids["item_id"], ts,
-                   tuple(titles), size, tuple(ids_), tuple(scores))
+                   titles, size, ids_, scores)
+
+
+def _title(value: Any) -> bool:
+    return type(value) is str and value != ""
+
+
+def _score(value: Any) -> float:
+    # (bool is an int subclass, but not a score; orjson gives exact int/float types)
+    return float(value) if (type(value) is float or type(value) is int) and value >= 0 else 0.0

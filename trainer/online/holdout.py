@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -30,6 +30,14 @@ class RecentWindow(Generic[T]):
 
     def add(self, item: T) -> None:
         self._items.append(item)
+
+    def drop(self, keep: Callable[[T], bool]) -> int:
+        """Keep only the items `keep` accepts (order kept); returns how many went."""
+        kept = [x for x in self._items if keep(x)]
+        dropped = len(self._items) - len(kept)
+        if dropped:
+            self._items = deque(kept, maxlen=self._items.maxlen)
+        return dropped
 
     def __len__(self) -> int:
         return len(self._items)

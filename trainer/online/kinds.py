@@ -18,9 +18,12 @@ Bundles (docs/contracts.md): every kind ships `user_tower.onnx`, `items.npy`,
 
 EntityGraph's entity vectors: an example naming an entity the model has no row for
 gets one before the step that trains on it (`prepare`, once per poll, batched): the
-title encoder (MEKB_TRAINER_ENCODER, frozen) runs once per entity; the row then lives
-in the model (fine-tuned, checkpointed, exported), so neither a restart nor serving
-runs the encoder for it again.
+title encoder (MEKB_TRAINER_ENCODER, frozen) runs once per entity, for all of a poll's
+new entities in one batched run, never inside a step; the row then lives in the model
+(fine-tuned, checkpointed, exported), so neither a restart nor serving runs the encoder
+for it again. The rows are keyed by the encoder's identity (a digest of its config and
+weights, `encoder_fingerprint`): a trainer started with another or a fine-tuned encoder
+re-encodes every row from its title (titles are checkpointed) before training on.
 """
 
 from __future__ import annotations
@@ -276,7 +279,11 @@ class EntityGraphOnline:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._vectors: Any = None  # EntityVectorCache, built on the first new entity
+        self._vectors: Any = None  # EntityVectorCache of the title encoder, built once
+        # the title each entity's row was made from (checkpointed): what a rebuild under
+        # another encoder re-encodes
+        self._titles: dict[str, str] = {}
+        self._checked: Any = None  # the model whose rows were checked against the encoder
         # entity rows per example id (`_example_rows`), for one model; room for the
         # recent and held-out windows, where replay and the gate read them again
         self._rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -287,20 +294,55 @@ class EntityGraphOnline:
         self._dom_index: dict[str, int] = {}
 
     def _cache(self, model: Any) -> Any:
+        """The entity-vector cache of the title encoder: MEKB_TRAINER_ENCODER, else the
+        model's own. In memory: the model's entity table is the persistent store of every
+        vector (checkpointed and exported), so no entity is encoded twice."""
         from trainer.entitygraph.vectors import EntityVectorCache, TitleEncoder
 
         if self._vectors is None:
-            encoder = TitleEncoder(model.config.encoder)
-            fp = model.config.encoder_fingerprint
-            if fp is not None and fp != encoder.fingerprint:
-                # the rows the model has were initialised by another encoder; new rows
-                # start in this one's space and are fine-tuned from there
-                logger.warning("title encoder %s is not the one the model's entity vectors "
-                               "came from", model.config.encoder or "(default)")
-            # in memory: the model's entity table is the persistent store of every
-            # vector (checkpointed and exported), so no entity is encoded twice
+            source = self.settings.trainer_encoder or model.config.encoder
+            encoder = TitleEncoder(source)
+            if encoder.dim != model.vector_dim:
+                logger.warning("title encoder %s gives %d-dim vectors, the model reads %d: "
+                               "using the model's own encoder", source, encoder.dim,
+                               model.vector_dim)
+                encoder = TitleEncoder(model.config.encoder)
             self._vectors = EntityVectorCache(None, encoder)
         return self._vectors
+
+    def _check_encoder(self, model: Any, optimizer: torch.optim.Optimizer) -> None:
+        """Rebuild the entity vectors when the title encoder is not the one they came
+        from (keyed by its identity: `TitleEncoder.fingerprint`, a digest of its config
+        and weights, so a fine-tuned encoder at the same path counts as another): every
+        row whose title is known is re-encoded (batched, once) and its Adam moments
+        reset, and the model records the new encoder. The tower then trains on in the
+        new space; rows of unknown title (a model loaded from a bundle) keep theirs."""
+        if self._checked is model:
+            return
+        self._checked = model
+        cache = self._cache(model)
+        new_fp, old_fp = cache.encoder.fingerprint, model.config.encoder_fingerprint
+        if new_fp == old_fp:
+            return
+        from dataclasses import replace
+
+        ids = [e for e in model.entity_ids if e in self._titles] if old_fp else []
+        if ids:
+            vectors = torch.from_numpy(cache.get(ids, [self._titles[e] for e in ids]))
+            rows = torch.tensor([model._erow[e] for e in ids], dtype=torch.long)
+            table = model.entity_table
+            with torch.no_grad():
+                table.index_copy_(0, rows, vectors.to(table.dtype))
+            state = optimizer.state.get(table) or {}
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key].index_fill_(0, rows, 0.0)
+        model.config = replace(model.config, encoder=self.settings.trainer_encoder or
+                               model.config.encoder, encoder_fingerprint=new_fp)
+        if old_fp:
+            logger.warning("title encoder changed (%s...: was %s...): %d of %d entity vectors "
+                           "recomputed from their titles", new_fp[:12], old_fp[:12],
+                           len(ids), model.n_entities)
 
     def pretrained(self) -> Any:
         from trainer.entitygraph.model import EntityGraph, EntityGraphConfig
@@ -320,7 +362,8 @@ class EntityGraphOnline:
 
     def checkpoint_extra(self, model: Any) -> dict[str, Any]:
         return {"config": {**model.config.to_json(), "vector_dim": model.vector_dim},
-                "entity_ids": list(model.entity_ids)}
+                "entity_ids": list(model.entity_ids),
+                "entity_titles": [self._titles.get(e, "") for e in model.entity_ids]}
 
     def restore(self, state: TrainerState, weights: dict[str, Tensor]) -> Any:
         from trainer.entitygraph.model import EntityGraph, EntityGraphConfig
@@ -328,6 +371,8 @@ class EntityGraphOnline:
         raw = state.extra["config"]
         model = EntityGraph(EntityGraphConfig.from_json(raw), int(raw["vector_dim"]))
         ents = [str(e) for e in state.extra.get("entity_ids", [])]
+        self._titles = {e: str(t) for e, t in zip(ents, state.extra.get("entity_titles", []))
+                        if t}
         if weights["entity_table"].shape[0] != len(ents) or \
                 weights["item_table"].shape[0] != len(state.item_ids):
             raise RuntimeError("checkpoint tables do not match its entity/item ids")
@@ -336,6 +381,8 @@ class EntityGraphOnline:
         model.item_domains = list(state.item_domains)
         model._row = {item: i for i, item in enumerate(model.item_ids)}
         model.item_table = nn.Parameter(torch.empty_like(weights["item_table"]))
+        if "item_entity_row" in weights:  # (buffers sized like the checkpoint's, as load)
+            model.item_entity_row = torch.empty_like(weights["item_entity_row"])
         model.entity_table = nn.Parameter(torch.empty_like(weights["entity_table"]),
                                           requires_grad=model.config.finetune_entities)
         model.load_state_dict(weights, strict=True)
@@ -357,14 +404,21 @@ class EntityGraphOnline:
 
     def prepare(self, model: Any, examples: Sequence[Example],
                 optimizer: torch.optim.Optimizer) -> int:
+        self._check_encoder(model, optimizer)
+        # the ids without a row, as one C-level set operation (a poll holds ~10^4 ids,
+        # almost all known in a steady stream); titles are looked up for those only
+        unknown = set().union(*(ex.entity_ids for ex in examples)).difference(model._erow)
+        if not unknown:
+            return 0
         new: dict[str, str] = {}
         for ex in examples:
             for eid, title in zip(ex.entity_ids, ex.titles, strict=True):
-                if eid not in new and model.entity_row(eid) is None:
-                    new[eid] = title
-        if not new:
-            return 0
+                if eid in unknown:
+                    new.setdefault(eid, title)
+        # all of the poll's new entities in one batched encoder run, before its steps:
+        # the steps never run the encoder
         vectors = self._cache(model).get(list(new), list(new.values()))
+        self._titles.update(new)
         old = model.entity_table
         model.add_entities(list(new), vectors)
         if model.entity_table is not old:
@@ -380,9 +434,9 @@ class EntityGraphOnline:
         hit = self._rows.get(ex.example_id)
         if hit is not None:
             return hit
-        erow = model._erow
-        rows = np.fromiter((erow.get(e, -1) for e in ex.entity_ids), np.int64,
-                           len(ex.entity_ids))
+        n = len(ex.entity_ids)  # (map: one C-level dict lookup per id)
+        rows = np.fromiter(map(model._erow.get, ex.entity_ids, itertools.repeat(-1, n)),
+                           np.int64, n)
         scores = np.asarray(ex.scores, dtype=np.float32)
         if (rows < 0).any():
             keep = rows >= 0
@@ -420,7 +474,7 @@ class EntityGraphOnline:
         ex_dom = torch.tensor([self._dom_index.get(e.domain, -1) for e in batch],
                               dtype=torch.long)
         mask = ex_dom.unsqueeze(1) == self._dom_rows.unsqueeze(0)
-        return (users @ model.item_table.t()).masked_fill(~mask, float("-inf"))
+        return (users @ model.item_embeddings().t()).masked_fill(~mask, float("-inf"))
 
     @staticmethod
     def _dropout(model: Any, mask: Tensor, generator: torch.Generator) -> Tensor:
@@ -439,16 +493,22 @@ class EntityGraphOnline:
         """The step on the batch's entities only: their rows are gathered once into a
         leaf [U, H] that the tower reads through `encode_unique`, and Adam updates only
         those rows of the entity table (`adam_rows`: SparseAdam's lazy moments) — no
-        backward into, nor optimiser pass over, the whole table. A knowledge-graph-tied
-        or frozen table takes the plain step."""
+        backward into, nor optimiser pass over, the whole table. A table that is
+        knowledge-graph-tied, tied to the items (`tie_items`: item vectors read entity
+        rows too) or frozen takes the plain step."""
         table = model.entity_table
-        if model.transe is not None or not table.requires_grad:
+        if model.transe is not None or getattr(model, "item_proj", None) is not None or \
+                not table.requires_grad:
             return dense_step(model, self.loss(model, batch, generator), optimizer)
         rows, scores, mask = self._inputs(model, batch)
         mask = self._dropout(model, mask, generator)
         used = rows[mask]
-        uniq = torch.unique(used) if used.numel() else rows.new_zeros(1)
-        index = torch.searchsorted(uniq, rows).clamp_(max=len(uniq) - 1)  # padding: any
+        index = torch.zeros_like(rows)  # padding and dropped entities: row 0, masked out
+        if used.numel():
+            uniq, inverse = torch.unique(used, return_inverse=True)
+            index.masked_scatter_(mask, inverse)
+        else:
+            uniq = rows.new_zeros(1)
         sub = table.detach().index_select(0, uniq).requires_grad_()
         users = model.encode_unique(sub, index, scores, mask)
         targets = model.item_rows([e.item_id for e in batch])

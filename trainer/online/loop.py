@@ -61,6 +61,7 @@ class Record:
     partition: int
     offset: int
     value: bytes | None
+    key: bytes | None = None
 
 
 def state_dir(settings: Settings) -> Path:
@@ -155,6 +156,9 @@ class OnlineTrainer:
         max_tokens = getattr(self.model.config, "max_tokens", 0)  # EntityGraph: no cut
         for rec in records:
             self.offsets[f"{self.topic}:{rec.partition}"] = rec.offset + 1
+            if rec.value is None and rec.key:
+                self.forget_user(rec.key.decode("utf-8", "replace"))
+                continue
             try:
                 ex = parse_example(rec.value)
             except InvalidExample as exc:
@@ -187,6 +191,20 @@ class OnlineTrainer:
             self.metrics.entities_added.inc(added)
             self.metrics.entities.set(self.model.n_entities)
         self.metrics.holdout.set(len(self.holdout))
+
+    def forget_user(self, user_id: str) -> None:
+        """A user was deleted (the stream worker's tombstone on training-examples, after
+        every example it made of the user): drop its examples not trained yet, and those
+        kept for replay, refit and the gate; the next checkpoint no longer holds them."""
+        pending = [ex for ex in self.pending if ex.user_id != user_id]
+        dropped = len(self.pending) - len(pending)
+        self.pending = pending
+        for window in (self.recent, self.holdout):
+            dropped += window.drop(lambda ex: ex.user_id != user_id)
+        self.state_dirty = True
+        self.metrics.examples.labels("erased").inc(dropped)
+        self.metrics.holdout.set(len(self.holdout))
+        logger.info("user %s deleted: %d queued examples dropped", user_id, dropped)
 
     def add_items(self, item_ids: list[str], domains: list[str]) -> None:
         """Grow the item table; the optimiser follows the new Parameter (its moments are
@@ -237,7 +255,7 @@ class OnlineTrainer:
         window = list(self.recent)
         rows = torch.randint(len(window), (rounds, size), generator=self.generator)
         for r in range(rounds):
-            self._step([window[int(i)] for i in rows[r]])
+            self._step([window[i] for i in rows[r].tolist()])
             self.metrics.examples.labels("replayed").inc(size)
 
     # --- schedule ------------------------------------------------------------------
@@ -347,7 +365,8 @@ class OnlineTrainer:
         active = self.registry.active_version() == mv.version
         if active:
             self.metrics.mark_item_tower(mv.created_at)
-            self.metrics.active.info({"version": mv.version, "kind": mv.kind})
+            self.metrics.active.info({"version": mv.version, "kind": mv.kind,
+                                      "model_kind": mv.model_kind})
         if active and self.announce is not None:
             try:
                 self.announce(mv)
@@ -465,7 +484,8 @@ class OnlineTrainer:
             return dict(ckpt.state.offsets)
         active = self.registry.active()
         if active is not None:
-            self.metrics.active.info({"version": active.version, "kind": active.kind})
+            self.metrics.active.info({"version": active.version, "kind": active.kind,
+                                      "model_kind": active.model_kind})
             self.metrics.mark_item_tower(active.created_at)
             if self.state.last_publish_at:
                 self.metrics.last_publish.set(self.state.last_publish_at)

@@ -16,7 +16,8 @@ class TrainerMetrics:
         self.examples = Counter(
             "mekb_trainer_examples", "Training-examples records consumed, by outcome "
             "(trained, held_out, invalid; skipped: passed over by MEKB_TRAINER_MAX_LAG_RECORDS; "
-            "replayed: trained again by MEKB_TRAINER_REPLAY).",
+            "replayed: trained again by MEKB_TRAINER_REPLAY; erased: queued examples of a deleted "
+            "user dropped).",
             ["outcome"], registry=registry)
         self.examples_cut = Counter(
             "mekb_trainer_examples_cut",
@@ -79,7 +80,7 @@ class TrainerMetrics:
             registry=registry)
         self.active = Info(
             "mekb_trainer_active_version", "The registry's active version as last set or "
-            "seen by the trainer.", registry=registry)
+            "seen by the trainer (labels version, kind, model_kind).", registry=registry)
 
     def mark_item_tower(self, published_at: float) -> None:
         self._item_tower_at = published_at

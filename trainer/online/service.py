@@ -42,6 +42,10 @@ class Health:
     active_version: str | None = None
     pinned_version: str | None = None  # while set, new versions are published inactive
     last_error: str | None = None
+    records: int = 0  # training-examples records consumed
+    # The last poll found nothing and every partition is at its end: with no version yet
+    # and nothing upstream either, `mekb up` knows a first version will not come.
+    caught_up: bool = False
 
     def response(self) -> tuple[int, bytes]:
         ok = self.phase == "running"
@@ -158,14 +162,18 @@ async def run(settings: Settings, trainer: OnlineTrainer, health: Health,
             got = await consumer.getmany(timeout_ms=POLL_MS, max_records=max_records)
             # (records fetched before a skip-ahead below may still arrive: below the
             # position, they are dropped)
-            records = [Record(tp.partition, r.offset, r.value)
+            records = [Record(tp.partition, r.offset, r.value, r.key)
                        for tp, recs in got.items() for r in recs
                        if r.offset >= trainer.offsets.get(_key(topic, tp.partition), 0)]
+            if records:
+                health.records += len(records)
+                health.caught_up = False  # (while they are trained and maybe published)
             offsets = await asyncio.to_thread(trainer.process, records)
             if offsets:
                 await _commit(consumer, topic, offsets)
             trainer.metrics.lag.set(bound_lag(consumer, topic, tps, trainer,
                                                settings.trainer_max_lag_records))
+            health.caught_up = not records and at_end(consumer, topic, tps, trainer)
             _sync(health, trainer)
         health.phase = "stopping"
         recreated.cancel()
@@ -207,6 +215,16 @@ def bound_lag(consumer: Any, topic: str, tps: list[Any], trainer: OnlineTrainer,
             behind = max_lag
         lag += behind
     return lag
+
+
+def at_end(consumer: Any, topic: str, tps: list[Any], trainer: OnlineTrainer) -> bool:
+    """Every partition's high watermark is known and the trainer's position is at it (a
+    partition never read counts from 0)."""
+    for tp in tps:
+        high = consumer.highwater(tp)
+        if high is None or trainer.offsets.get(_key(topic, tp.partition), 0) < int(high):
+            return False
+    return True
 
 
 def _sync(health: Health, trainer: OnlineTrainer) -> None:
