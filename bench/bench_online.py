@@ -180,7 +180,8 @@ def run_kind_through_broker(bootstrap: str, kind: str, warm: int, n: int, seed: 
 
     settings = Settings(
         bootstrap_servers=bootstrap, broker_flavor="tansu", data_dir=data_dir,
-        topic_prefix=f"bench{seed}{kind[:2]}.", model_kind=kind, trainer_max_tokens=64,
+        topic_prefix=f"bench{seed}{kind[:2]}.", model_kind=kind,  # type: ignore[arg-type]
+        trainer_max_tokens=64,
         trainer_dim=64, trainer_publish_every=0, trainer_publish_interval_s=0,
         trainer_refit_interval_s=1e9, trainer_checkpoint_interval_s=1e9,
         trainer_holdout_fraction=0.05, trainer_replay=replay, trainer_batch_size=batch)

@@ -284,6 +284,26 @@ def table_memory(settings: Settings) -> dict[str, float]:
             "bytes_per_df_partial": df_bytes / max(1, slots), "n_users_df": df.n_users}
 
 
+OUTPUT_TOPICS = ("interactions", "mekb-updates", "mekb-changelog", "training-examples",
+                 "df-partials")
+
+
+def broker_bytes(settings: Settings, events: int, sample: int = 2_000) -> dict[str, float]:
+    """Bytes each topic received per input event: records (end - beginning offsets) ×
+    the mean key + value size of its first `sample` records."""
+    from streams.memory_budget import topic_records
+
+    counts = topic_records(settings, list(OUTPUT_TOPICS))
+    out: dict[str, float] = {}
+    for topic in OUTPUT_TOPICS:
+        recs = read_topic(settings, topic, sample)
+        mean = statistics.mean(len(r.key or b"") + len(r.value or b"") for r in recs) \
+            if recs else 0.0
+        out[f"bytes_per_event_{topic.replace('-', '_')}"] = counts[topic] * mean / events
+        out[f"records_{topic.replace('-', '_')}"] = counts[topic]
+    return out
+
+
 def trainer_rate(settings: Settings, n: int) -> dict[str, float]:
     import bench_trainer
     import torch
@@ -312,7 +332,7 @@ def serving(settings: Settings, registry: Path, work: Path, users: list[str], mi
     server = bench_serving.Server(settings, registry, work / "serve.log")
     server.env["MEKB_SERVING_INTRA_OP_THREADS"] = "1"
     t0 = time.perf_counter()
-    server.start()  # returns at /readyz 200: model loaded and replica caught up
+    server.start(3600)  # returns at /readyz 200: model loaded and replica caught up
     catch_up = time.perf_counter() - t0
     replica = settings.data_dir / "serving" / "replica"
     out: dict[str, float] = {"replica_catch_up_s": catch_up}
@@ -345,7 +365,7 @@ def serving(settings: Settings, registry: Path, work: Path, users: list[str], mi
         server.stop()
     out["replica_disk_mib"] = du(replica) / 2**20
     t0 = time.perf_counter()
-    server.start()  # the same replica: resumes from its stored offsets
+    server.start(3600)  # the same replica: resumes from its stored offsets
     out["replica_restart_s"] = time.perf_counter() - t0
     server.stop()
     return out
@@ -417,6 +437,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        "restart_wall_clean_s": base_wall, "restart_wall_lost_p0_s": lost_wall})
 
         result.update(table_memory(settings))
+        result.update(broker_bytes(settings, result["events"]))
         registry = build_registry(work, args.model)
         users = [f"u{u}" for u in range(args.users)]
         result.update(serving(settings, registry, work, users, args.misses))
@@ -450,6 +471,8 @@ ROWS = [
      f"{r['bytes_per_item']:,.0f} B/item, {r['entities_per_item']:.1f} entities/item"),
     ("df table", lambda r: f"{r['df_entities']:,} entities, {r['df_partials']:,} partials, "
      f"{r['df_table_mib']:,.1f} MiB, {r['bytes_per_df_partial']:.0f} B/partial"),
+    ("topic bytes per input event", lambda r: ", ".join(
+        f"{t} {r['bytes_per_event_' + t.replace('-', '_')]:,.0f}" for t in OUTPUT_TOPICS)),
     ("serving replica catch-up (start -> ready)", lambda r: f"{r['replica_catch_up_s']:.1f} s"
      f" (restart of a caught-up replica {r['replica_restart_s']:.1f} s)"),
     ("serving replica disk", lambda r: f"{r['replica_disk_mib']:,.1f} MiB"),

@@ -119,11 +119,11 @@ class Server:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, timeout_s: float = 180.0) -> None:
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen([sys.executable, "-m", "mekb.cli.main", "serve"],
                                          env=self.env, stdout=fh, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise SystemExit("server died:\n" + self.log.read_text()[-3000:])

@@ -208,6 +208,7 @@ async def refresh_rate(model: Any, values: list[tuple[str, bytes]],
                 len(values) / (time.process_time() - c0))
     finally:
         await service.stop()
+        service.replica.close()
 
 
 def refresh_main(args: argparse.Namespace, work: Path) -> None:
@@ -227,8 +228,10 @@ def refresh_main(args: argparse.Namespace, work: Path) -> None:
             for n in range(100)]
         eg_vals = [(f"u{n}", value(f"u{n}", 1, mekb(rng), time.time()))
                    for n in range(args.users)]
-        em = asyncio.run(refresh_rate(em_model, em_vals, work / f"r-em-{r}"))
-        eg_rate = asyncio.run(refresh_rate(eg_model, eg_vals, work / f"r-eg-{r}"))
+        # a new replica each time (an old one would hold these versions already)
+        with tempfile.TemporaryDirectory(dir=work) as a, tempfile.TemporaryDirectory(dir=work) as b:
+            em = asyncio.run(refresh_rate(em_model, em_vals, Path(a)))
+            eg_rate = asyncio.run(refresh_rate(eg_model, eg_vals, Path(b)))
         runs.append({"embedme_users_per_s": round(em[0], 1),
                      "embedme_users_per_cpu_s": round(em[1], 1),
                      "entitygraph_users_per_s": round(eg_rate[0]),

@@ -59,7 +59,11 @@ class UserDeleter:
                 from streams.kafka_io import producer_kwargs
 
                 producer = AIOKafkaProducer(**producer_kwargs(self.settings))
-                await producer.start()
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()  # (started connections are closed again)
+                    raise
                 self._producer = producer
             return self._producer
 

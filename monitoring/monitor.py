@@ -43,10 +43,19 @@ class ProbeSet:
             return
         self.texts[user_id] = text
         if self.full:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.texts))
-            tmp.replace(self.path)
+            self._save()
+
+    def forget(self, user_id: str) -> None:
+        """A deleted (or expired) user leaves the probe, on disk too; the next user
+        offered takes the place."""
+        if self.texts.pop(user_id, None) is not None and self.path.exists():
+            self._save()
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.texts))
+        tmp.replace(self.path)
 
 
 class DriftMonitor:
@@ -124,6 +133,10 @@ async def run_monitor(settings: Any, monitor: DriftMonitor, stop: asyncio.Event)
             batches = await consumer.getmany(timeout_ms=500, max_records=1000)
             for tp, records in batches.items():
                 for rec in records:
+                    if rec.value is None:  # mekb-updates tombstone: the user is gone
+                        if rec.key:
+                            monitor.probe.forget(rec.key.decode("utf-8", "replace"))
+                        continue
                     try:
                         value = json.loads(rec.value)
                         if tp.topic == updates:

@@ -64,6 +64,7 @@ ITEMS_PAGE_MAX = 50_000  # rows per /v1/items/embeddings page (~50 MB of JSON at
 OFFSET_MAX = (1 << 53) - 1  # JSON-safe integer; far beyond any item count
 SCORE_WINDOW_S = 300.0
 DOMAIN_MAX = 128
+DELETE_TIMEOUT_S = 10.0  # DELETE /v1/users/{user_id}: the broker's acknowledgement
 # Module level: with postponed annotations FastAPI resolves these names in the module.
 UserId = Annotated[str, Path(min_length=1, max_length=USER_ID_MAX, description="user id")]
 VERSION_DOC = "model version id (1-128 of A-Z a-z 0-9 . _ -, not starting with . _ -)"
@@ -579,10 +580,11 @@ def create_app(
         from pydantic import ValidationError
 
         try:
-            published = await cfg.delete_user(user_id)
+            # (a broker that does not answer: the client would wait for its own timeouts)
+            published = await asyncio.wait_for(cfg.delete_user(user_id), DELETE_TIMEOUT_S)
         except ValidationError as exc:
             raise HTTPException(422, f"user_id: {exc.errors()[0]['msg']}") from None
-        except (KafkaError, OSError) as exc:
+        except (KafkaError, OSError) as exc:  # OSError: TimeoutError included
             raise HTTPException(503, f"deletion not published: {type(exc).__name__}: "
                                 f"{exc}") from None
         return _json({"user_id": published.user_id, "status": "accepted",

@@ -264,11 +264,9 @@ class MeKBAgents:
                                                   within=TAKE_WITHIN_S):
                 put = asyncio.ensure_future(queue.put(events))
                 await asyncio.wait([put, batches], return_when=asyncio.FIRST_COMPLETED)
-                if batches.done():
+                if batches.done():  # it failed and crashed the app
                     put.cancel()
-                    batches.result()  # raises what stopped it
-        except Exception as exc:
-            await self._crash("MeKB agent", exc)
+                    return
         finally:
             batches.cancel()
 
@@ -289,14 +287,17 @@ class MeKBAgents:
         one per empty poll) let an item that arrives later unpark its interactions,
         and parked ones expire."""
         get: asyncio.Future[list[Any]] | None = None
-        while True:
-            get = get or asyncio.ensure_future(queue.get())
-            done, _ = await asyncio.wait([get], timeout=TAKE_WITHIN_S)
-            if done:
-                events, get = get.result(), None
-                await asyncio.shield(self._batch(stream, events))
-            elif any(p.parked_count for p in self.worker.partitions.values()):
-                await asyncio.shield(self.worker._step({}, self._acks, self.topic))
+        try:
+            while True:
+                get = get or asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait([get], timeout=TAKE_WITHIN_S)
+                if done:
+                    events, get = get.result(), None
+                    await asyncio.shield(self._batch(stream, events))
+                elif any(p.parked_count for p in self.worker.partitions.values()):
+                    await asyncio.shield(self.worker._step({}, self._acks, self.topic))
+        except Exception as exc:
+            await self._crash("MeKB agent", exc)
 
     async def _batch(self, stream: Any, events: list[Any]) -> None:
         got: dict[Any, list[Any]] = defaultdict(list)

@@ -29,12 +29,16 @@ from mekb.settings import Settings
 logger = logging.getLogger(__name__)
 
 MIB = 1 << 20
-# tracemalloc, bench/bench_scale.py --measure-entries (items of ~5 entities as the
-# default linker gives: product, 1-3 categories, 1-2 kb entities; users of ~20 events)
+# tracemalloc of ItemCatalog / DfTable as bench/bench_scale.py builds them from the topics
+# (1,457 B/item at 4.5 entities/item: product, 1-3 categories, 1-2 kb entities; 226 B per
+# df slot), rounded up; a decoded UserState of ~20 events: ~7 kB.
 ITEM_BYTES = 1_600
-DF_BYTES = 210
+DF_BYTES = 230
 USER_BYTES = 7_000
-BASE_MB = 250  # an idle `mekb worker` with the default linker (VmRSS)
+# An idle `mekb worker` with the default dbpedia linker: VmRSS 70 MiB; plus two in-flight
+# batches of MEKB_WORKER_BATCH_MAX (10,000) events and their outputs: the peak RSS of a
+# run of 2,000 users (146 MiB) less idle and cache.
+BASE_MB = 150
 
 
 class MemoryBudgetError(RuntimeError):

@@ -87,3 +87,57 @@ def test_unknown_runtime_is_one_line_error() -> None:
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mekb: error: --runtime"), result.stderr
+
+
+def test_a_batch_that_cannot_be_made_durable_crashes_the_app_unacked(tmp_path: Path) -> None:
+    """As the default worker stops: the partition state in memory is ahead of what is
+    durable, so Faust must not restart the agent over it in the same process."""
+    from faust.types import TP
+
+    from streams.faust_app import MeKBAgents
+    from streams.worker import Health
+
+    crashed: list[BaseException] = []
+    acked: list[Any] = []
+
+    class App:
+        consumer = SimpleNamespace(assignment=lambda: {TP("interactions", 0)})
+
+        async def crash(self, exc: BaseException) -> None:
+            crashed.append(exc)
+
+    class Worker:
+        health = Health()
+        partitions = {0: SimpleNamespace(parked_count=0)}
+
+        async def tables_ready(self) -> None:
+            return None
+
+        async def _step(self, got: Any, acks: Any, topic: str) -> None:
+            raise RuntimeError("changelog not acknowledged")
+
+    class Stream:
+        async def noack_take(self, max_: int, within: float) -> Any:
+            yield [SimpleNamespace(message=SimpleNamespace(tp=TP("interactions", 0), offset=0,
+                                                           key=b"u1", value=b"{}"))]
+            await asyncio.sleep(3600)  # no more records
+
+        async def ack(self, event: Any) -> bool:
+            acked.append(event)
+            return True
+
+    agents = MeKBAgents(App(), Settings(data_dir=tmp_path), Worker(), [])  # type: ignore[arg-type]
+    agents._started = True
+
+    async def scenario() -> None:
+        agent = asyncio.create_task(agents.mekb_agent(Stream()))
+        for _ in range(200):  # no further records come: the failure alone must crash it
+            if crashed:
+                break
+            await asyncio.sleep(0.05)
+        agent.cancel()  # (the crashing app stops its agents)
+
+    asyncio.run(scenario())
+    assert [str(e) for e in crashed] == ["changelog not acknowledged"]
+    assert acked == []  # Faust commits nothing of it: the restarted process replays it
+    assert not agents.worker.health.ready and "changelog" in str(agents.worker.health.error)

@@ -371,8 +371,9 @@ class EntityGraphOnline:
         raw = state.extra["config"]
         model = EntityGraph(EntityGraphConfig.from_json(raw), int(raw["vector_dim"]))
         ents = [str(e) for e in state.extra.get("entity_ids", [])]
-        self._titles = {e: str(t) for e, t in zip(ents, state.extra.get("entity_titles", []))
-                        if t}
+        # (checkpoints written before titles were kept have none: no rebuild for those)
+        titles = state.extra.get("entity_titles") or [""] * len(ents)
+        self._titles = {e: str(t) for e, t in zip(ents, titles, strict=True) if t}
         if weights["entity_table"].shape[0] != len(ents) or \
                 weights["item_table"].shape[0] != len(state.item_ids):
             raise RuntimeError("checkpoint tables do not match its entity/item ids")
