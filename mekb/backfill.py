@@ -199,7 +199,8 @@ def _time_and_kind(raw: dict[str, Any] | str, kind: EventKind) -> tuple[float, b
     """A line's event time and whether it is an item, read without validating the rest
     (the first pass: ~3x faster than validation and encoding); None for a line that
     validation will reject.
-    Auto kind: an interaction has `event_id` (as `mekb.produce.classify` decides)."""
+    Auto kind: an interactions-topic record has `event_id` or `type` (as
+    `mekb.produce.classify` decides)."""
     if isinstance(raw, str):
         try:
             raw = orjson.loads(raw)
@@ -211,7 +212,8 @@ def _time_and_kind(raw: dict[str, Any] | str, kind: EventKind) -> tuple[float, b
         ts = event_time(raw["ts"])
     except ValueError:
         return None
-    return ts, (kind == "item" or (kind == "auto" and "event_id" not in raw))
+    return ts, (kind == "item" or (kind == "auto" and "event_id" not in raw
+                                   and "type" not in raw))
 
 
 def scan(files: list[Path], kind: EventKind, ignore_extra: bool, progress: bool

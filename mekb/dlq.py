@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from mekb.events import EventError, InteractionEvent, ItemEvent, encode, event_key
+from mekb.events import EventError, InteractionEvent, ItemEvent, UserDeleteEvent, encode, event_key
 from mekb.produce import BOOTSTRAP_TIMEOUT_MS, EventKind, classify
 from mekb.settings import Settings
 
@@ -302,7 +302,7 @@ class Ledger:
 
 
 def _validated(letter: DeadLetter, raw: dict[str, Any] | str | bytes
-               ) -> InteractionEvent | ItemEvent:
+               ) -> InteractionEvent | ItemEvent | UserDeleteEvent:
     kind = SOURCES.get(letter.source)
     if kind is None:
         raise DlqError(f"unknown source topic {letter.source!r}")
@@ -328,7 +328,7 @@ def replay(
         keep = Filter(keep.reasons, keep.sources, keep.since, keep.until,
                       frozenset(corrections))
     report = ReplayReport()
-    batch: list[tuple[DeadLetter, InteractionEvent | ItemEvent]] = []
+    batch: list[tuple[DeadLetter, InteractionEvent | ItemEvent | UserDeleteEvent]] = []
     seen: set[str] = set()
     for letter in read(settings, keep):
         seen.add(letter.id)
@@ -364,7 +364,8 @@ def replay(
     return report
 
 
-def _send(settings: Settings, batch: list[tuple[DeadLetter, InteractionEvent | ItemEvent]],
+def _send(settings: Settings,
+          batch: list[tuple[DeadLetter, InteractionEvent | ItemEvent | UserDeleteEvent]],
           report: ReplayReport, ledger: Ledger) -> None:
     from kafka import KafkaProducer
     from kafka.errors import KafkaError

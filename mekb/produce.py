@@ -31,9 +31,10 @@ from mekb.events import (
     InteractionEvent,
     ItemEvent,
     ItemFields,
+    UserDeleteEvent,
     encode,
     event_key,
-    parse_interaction,
+    parse_interactions_record,
     parse_item,
 )
 from mekb.settings import Settings
@@ -41,9 +42,10 @@ from mekb.settings import Settings
 logger = logging.getLogger(__name__)
 
 EventKind = Literal["auto", "interaction", "item"]
-# Every column a CSV file may have: the fields of both event kinds, `item.<field>` for
-# the inline item of an interaction.
-CSV_COLUMNS = frozenset(InteractionEvent.model_fields) | frozenset(ItemEvent.model_fields) | {
+# Every column a CSV file may have: the fields of every event kind (interaction, item,
+# user deletion), `item.<field>` for the inline item of an interaction.
+CSV_COLUMNS = (frozenset(InteractionEvent.model_fields) | frozenset(ItemEvent.model_fields)
+               | frozenset(UserDeleteEvent.model_fields)) | {
     f"item.{name}" for name in ItemFields.model_fields}
 # The Kafka client's bootstrap wait: a host that accepts TCP but does not answer the
 # Kafka protocol fails in this long instead of the client's default 30 s.
@@ -206,10 +208,13 @@ def _read_csv(path: Path, fh: IO[bytes], ignore_extra: bool
                 {header[i]: cells[i] for i in keep if i < len(cells)})
 
 
-def classify(raw: dict[str, Any] | str, kind: EventKind) -> InteractionEvent | ItemEvent:
-    """Validate one record as the given kind (auto: interaction if it has event_id)."""
+def classify(raw: dict[str, Any] | str, kind: EventKind
+             ) -> InteractionEvent | ItemEvent | UserDeleteEvent:
+    """Validate one record as the given kind. Interactions-topic records are
+    interactions or, with a `type` field, user deletions (docs/contracts.md); auto: a
+    record with `event_id` or `type` belongs to the interactions topic, others are items."""
     if kind == "interaction":
-        return parse_interaction(raw)
+        return parse_interactions_record(raw)
     if kind == "item":
         return parse_item(raw)
     if isinstance(raw, str):
@@ -217,8 +222,8 @@ def classify(raw: dict[str, Any] | str, kind: EventKind) -> InteractionEvent | I
             raw = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise EventError("event", "bad_json", f"not JSON: {exc.msg}") from None
-    if isinstance(raw, dict) and "event_id" in raw:
-        return parse_interaction(raw)
+    if isinstance(raw, dict) and ("event_id" in raw or "type" in raw):
+        return parse_interactions_record(raw)
     return parse_item(raw)
 
 
@@ -272,6 +277,7 @@ def produce_file(
     limiter = RateLimiter(rate)
     topics = {
         InteractionEvent: settings.topic("interactions"),
+        UserDeleteEvent: settings.topic("interactions"),
         ItemEvent: settings.topic("items"),
     }
     rejects: IO[str] | None = None

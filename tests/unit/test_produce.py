@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mekb.events import EventError, InteractionEvent, ItemEvent
+from mekb.events import EventError, InteractionEvent, ItemEvent, UserDeleteEvent
 from mekb.produce import ProduceError, RateLimiter, classify, read_lines
 
 
@@ -108,3 +108,20 @@ def test_unknown_csv_columns_stop_the_file_unless_ignored(tmp_path: Path) -> Non
     dup.write_text("item_id,domain,title,ts,title\ni,d,A,1,B\n")
     with pytest.raises(ProduceError, match="repeated column.*'title'"):
         list(read_lines(dup, ignore_extra_columns=True))
+
+
+def test_user_deletions_are_interactions_topic_records(tmp_path: Path) -> None:
+    """A delete_user record (docs/contracts.md) is accepted by produce, backfill and
+    DLQ replay alike: in JSONL and CSV, auto-detected or as kind "interaction"."""
+    path = tmp_path / "ev.csv"
+    path.write_text("event_id,user_id,item_id,domain,action,ts,type\n"
+                    "e1,u1,i1,books,click,1700000000,\n"
+                    ",u1,,,,1700000005,delete_user\n")
+    first, second = (classify(raw, "auto") for _, raw in read_lines(path))
+    assert isinstance(first, InteractionEvent)
+    assert isinstance(second, UserDeleteEvent) and second.user_id == "u1"
+    line = '{"type": "delete_user", "user_id": "u2", "ts": 1700000009}'
+    assert isinstance(classify(line, "interaction"), UserDeleteEvent)
+    with pytest.raises(EventError) as err:
+        classify('{"type": "delete_everything", "user_id": "u2", "ts": 1}', "auto")
+    assert err.value.field == "type"
