@@ -181,8 +181,8 @@ def run_kind_through_broker(bootstrap: str, kind: str, warm: int, n: int, seed: 
     settings = Settings(
         bootstrap_servers=bootstrap, broker_flavor="tansu", data_dir=data_dir,
         topic_prefix=f"bench{seed}{kind[:2]}.", model_kind=kind,  # type: ignore[arg-type]
-        trainer_max_tokens=64,
-        trainer_dim=64, trainer_publish_every=0, trainer_publish_interval_s=0,
+        trainer_max_tokens=64, trainer_dim=64, trainer_publish_every=0,
+        trainer_publish_interval_s=0,
         trainer_refit_interval_s=1e9, trainer_checkpoint_interval_s=1e9,
         trainer_holdout_fraction=0.05, trainer_replay=replay, trainer_batch_size=batch)
     create_topics(settings)
@@ -233,9 +233,12 @@ def run_kind_through_broker(bootstrap: str, kind: str, warm: int, n: int, seed: 
     # empty poll, POLL_MS: counted too)
     first = next(m for m in marks if m[2] >= warm)
     last = marks[-1]
+    inside = sum(m[1] - m[0] for m in marks if m[0] >= first[0])  # in process(): the rest
+    # is the consumer loop (fetch wait, lag, health) between calls
     return {"rate": (last[5] - first[3]) / (last[1] - first[0]), "trained": last[5] - first[3],
             "seconds": last[1] - first[0], "batch": trainer.batch_size,
             "replay": trainer.replay, "threads": torch.get_num_threads(),
+            "in_process": inside / (last[1] - first[0]),
             # the one publication of the run (gate, checkpoint, export, publish, activate)
             "publish_s": prom.get_sample_value("mekb_trainer_publish_duration_seconds_sum",
                                                {"kind": "full"}) or 0.0}
@@ -262,8 +265,9 @@ def bench_kinds(args: argparse.Namespace) -> None:
                         *((args.eg_replay, args.eg_batch) if kind == "entitygraph" else ()))
                 results[kind].append(r)
                 print(f"  run {seed} {kind}: {r['rate']:.1f} examples/s ({r['trained']:.0f} "
-                      f"in {r['seconds']:.1f} s, load {os.getloadavg()[0]:.1f}; first "
-                      f"publication {r['publish_s']:.1f} s)", flush=True)
+                      f"in {r['seconds']:.1f} s, {r['in_process']:.0%} of it in process(); "
+                      f"load {os.getloadavg()[0]:.1f}; first publication "
+                      f"{r['publish_s']:.1f} s)", flush=True)
     med = {k: statistics.median(r["rate"] for r in v) for k, v in results.items()}
     for kind, runs in results.items():
         r = runs[0]
@@ -287,7 +291,7 @@ def main() -> None:
     parser.add_argument("--eg-examples", type=int, default=20000)
     parser.add_argument("--embedme-examples", type=int, default=32)
     parser.add_argument("--eg-replay", type=int, default=None,
-                        help="MEKB_TRAINER_REPLAY for EntityGraph (default: the kind's, 3)")
+                        help="MEKB_TRAINER_REPLAY for EntityGraph (default: the kind's, 1)")
     parser.add_argument("--eg-batch", type=int, default=None,
                         help="MEKB_TRAINER_BATCH_SIZE for EntityGraph (default: the kind's, 256)")
     args = parser.parse_args()

@@ -2,7 +2,7 @@
 between kinds, each with its baseline in the same run.
 
     OMP_NUM_THREADS=1 nice -n 5 python bench/bench_serving_kinds.py refresh [--repeat 3]
-    OMP_NUM_THREADS=1 nice -n 5 python bench/bench_serving_kinds.py fresh [--rates 1000,5000]
+    OMP_NUM_THREADS=1 python bench/bench_serving_kinds.py fresh [--rates 1000,5000]
     OMP_NUM_THREADS=1 nice -n 5 python bench/bench_serving_kinds.py swap [--hit-rate 500]
 
 refresh  in-process service (replica in RocksDB, refresher, batcher, real ONNX Runtime;
@@ -169,10 +169,13 @@ def settings_for(broker: EmbeddedBroker, work: Path, tag: str) -> Settings:
 
 
 async def wait_idle(server: Server, timeout_s: float = 120.0) -> None:
-    """Until the refresher has nothing pending (the catch-up is precomputed)."""
+    """Until the replica has read everything and the refresher has nothing pending
+    (the catch-up is precomputed)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if server.metrics().get("mekb_serving_refresh_pending_users", 1.0) == 0.0:
+        m = server.metrics()
+        if m.get("mekb_serving_refresh_pending_users", 1.0) == 0.0 and \
+                m.get("mekb_serving_replica_lag_records", 1.0) == 0.0:
             return
         await asyncio.sleep(0.5)
 
@@ -458,10 +461,8 @@ async def swap_phase(port: int, users: list[str], eg: str, args: argparse.Namesp
                 conn.close()
 
     t0 = time.perf_counter()
-    jobs = [paced(port, users, args.hit_rate, args.duration, log)]
-    if swap:
-        jobs.append(switches())
-    broken = (await asyncio.gather(*jobs))[0]
+    load = paced(port, users, args.hit_rate, args.duration, log)
+    broken = (await asyncio.gather(load, switches()))[0] if swap else await load
     return {"log": log, "broken": broken, "codes": codes}
 
 

@@ -33,6 +33,12 @@ class EmbeddingCache:
         self.max_users = max_users
         self._entries: OrderedDict[tuple[str, str], CachedEmbedding] = OrderedDict()
         self._towers: set[str] = set()  # every tower that put an entry (a few)
+        # Erasures vs computations in flight: `epoch` counts forget() calls; a put made
+        # with the epoch its computation started at is dropped for a user forgotten
+        # since (an embedding of the erased MeKB must not come back, nor block the new
+        # MeKB's versions, which start again at 0). Cleared once nothing is in flight.
+        self.epoch = 0
+        self._erased: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -48,8 +54,11 @@ class EmbeddingCache:
         """Whatever this tower computed for the user, however old (allow_stale)."""
         return self._entries.get((user_id, tower))
 
-    def put(self, user_id: str, entry: CachedEmbedding) -> None:
+    def put(self, user_id: str, entry: CachedEmbedding, since: int | None = None) -> None:
+        """Cache `entry`; `since`: the epoch its computation started at (see above)."""
         if self.max_users <= 0:
+            return
+        if since is not None and self._erased.get(user_id, 0) > since:
             return
         key = (user_id, entry.tower)
         old = self._entries.get(key)
@@ -65,8 +74,14 @@ class EmbeddingCache:
     def forget(self, user_id: str) -> None:
         """Drop the user's entries of every tower (a deleted user: its next MeKB starts
         again at version 0, whose embedding must not be an old one of that number)."""
+        self.epoch += 1
+        self._erased[user_id] = self.epoch
         for tower in self._towers:
             self._entries.pop((user_id, tower), None)
+
+    def settle(self) -> None:
+        """Nothing is being computed: no put can carry an epoch before an erasure."""
+        self._erased.clear()
 
     def recent_users(self, n: int) -> list[str]:
         """Up to n distinct users, most recently used first."""

@@ -193,13 +193,13 @@ class Replica:
                     parsed.append((key_user, None, None))
                 continue
             try:
-                record = parse_record(rec.value, key_user)
+                incoming = parse_record(rec.value, key_user)
             except BadRecord as exc:
                 logger.warning("mekb-updates p%d@%d: bad record: %s", rec.partition,
                                rec.offset, exc)
                 result.bad += 1
                 continue
-            parsed.append((record.user_id, record, rec.value))
+            parsed.append((incoming.user_id, incoming, rec.value))
         # versions stored before this batch: one multi-get for the whole batch
         latest = self._stored_versions({u for u, r, _ in parsed if r is not None})
         for user_id, record, value in parsed:

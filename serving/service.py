@@ -209,7 +209,6 @@ class EmbeddingService:
             m.replica_records.labels("bad").inc(result.bad)
         if result.applied:
             m.replica_records.labels("applied").inc(len(result.applied))
-        if result.applied:
             updated = np.fromiter((r.updated_at for r in result.applied), dtype=np.float64,
                                   count=len(result.applied))
             ts = np.fromiter((r.ts for r in result.applied), dtype=np.float64,
@@ -304,16 +303,19 @@ class EmbeddingService:
     async def _compute(
         self, model: LoadedModel, keyed: list[tuple[Key, UserRecord]], priority: Priority
     ) -> np.ndarray:
+        since = self.cache.epoch  # users erased while this runs are not cached
         try:
             inputs = [model.input_of(rec) for _, rec in keyed]
             embs = await self.batcher.submit(model, inputs, priority)
             now = time.time()
             for n, ((user_id, version, tower), _) in enumerate(keyed):
-                self.cache.put(user_id, CachedEmbedding(version, tower, embs[n], now))
+                self.cache.put(user_id, CachedEmbedding(version, tower, embs[n], now), since)
             return embs
         finally:
             for key, _ in keyed:
                 self._inflight.pop(key, None)
+            if not self._inflight:
+                self.cache.settle()
 
     # --- background refresher ------------------------------------------------------------
     async def _refresh_loop(self) -> None:

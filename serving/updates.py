@@ -33,6 +33,10 @@ from serving.sharding import ShardMap
 logger = logging.getLogger(__name__)
 
 FETCH_MAX_RECORDS = 5_000
+# How long the broker may hold a fetch with nothing new (aiokafka's default: 500 ms). A
+# replica that has caught up waits that long per fetch round when the broker answers
+# at the end of the wait instead of on arrival, which adds directly to freshness.
+FETCH_MAX_WAIT_MS = 100
 
 
 async def _partitions(consumer: Any, topic: str, stop: asyncio.Event) -> list[int] | None:
@@ -64,7 +68,7 @@ async def follow_mekb_updates(
     consumer = AIOKafkaConsumer(
         **aiokafka_config(settings), group_id=None, enable_auto_commit=False,
         auto_offset_reset="earliest", client_id="mekb-serve-replica",
-        max_partition_fetch_bytes=4 << 20,
+        max_partition_fetch_bytes=4 << 20, fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
     )
     await consumer.start()
     recreated: asyncio.Task[dict[str, str]] | None = None

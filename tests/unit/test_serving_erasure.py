@@ -73,3 +73,26 @@ def test_tombstone_drops_the_replica_entry_and_the_cached_embedding(
         h.apply(client, _update("u1", 1, ["Pride and Prejudice"]))  # back: version 1 again
         new = client.get("/v1/users/u1/embedding").json()
         assert new["mekb_version"] == 1 and new["embedding"] != old["embedding"]
+
+
+def test_an_embedding_computed_across_an_erasure_is_not_cached() -> None:
+    """The race: a computation of the erased MeKB finishes after the tombstone. Its
+    put must be dropped — else the returning user (versions again from 0) would get
+    it, or see their new, lower versions refused as older."""
+    import numpy as np
+
+    from serving.cache import CachedEmbedding, EmbeddingCache
+
+    cache = EmbeddingCache(10)
+    since = cache.epoch  # the computation of u1's MeKB version 7 starts
+    cache.forget("u1")  # the tombstone arrives meanwhile
+    cache.put("u1", CachedEmbedding(7, "t", np.ones(2), 0.0), since)
+    assert cache.get_any("u1", "t") is None
+    cache.put("u2", CachedEmbedding(3, "t", np.ones(2), 0.0), since)  # others unaffected
+    assert cache.get("u2", 3, "t") is not None
+    started_after = cache.epoch
+    cache.put("u1", CachedEmbedding(0, "t", np.zeros(2), 0.0), started_after)
+    assert cache.get("u1", 0, "t") is not None  # the new MeKB caches normally
+    cache.settle()  # nothing in flight: the erasure record is dropped, bounded memory
+    cache.put("u1", CachedEmbedding(1, "t", np.zeros(2), 0.0), since)
+    assert cache.get("u1", 1, "t") is not None

@@ -271,8 +271,10 @@ class EntityGraphOnline:
     # a step's cost is mostly per-step overhead: large steps give thousands of examples/s
     default_batch = 256
     # one pass over a short stream leaves zero-shot users at popularity's level (default
-    # synthetic world); three replayed steps per step cost a quarter of the throughput
-    default_replay = 3
+    # synthetic world: HR@10 0.32-0.36 vs 0.33); one replayed step per step gave
+    # 0.37-0.40 in five runs, as three did (0.37-0.39), at twice three's rate
+    # (docs/benchmarks.md: each replayed step costs as much as a step on new examples)
+    default_replay = 1
     # its ops are small (a step is ~10 ms): on 2 shared cores a second intra-op thread
     # mostly waits for the first, and one thread measured 5x the rate of two
     torch_threads = 1
@@ -280,6 +282,7 @@ class EntityGraphOnline:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._vectors: Any = None  # EntityVectorCache of the title encoder, built once
+        self._source: str | None = None  # that encoder's directory (None: MiniLM)
         # the title each entity's row was made from (checkpointed): what a rebuild under
         # another encoder re-encodes
         self._titles: dict[str, str] = {}
@@ -306,8 +309,9 @@ class EntityGraphOnline:
                 logger.warning("title encoder %s gives %d-dim vectors, the model reads %d: "
                                "using the model's own encoder", source, encoder.dim,
                                model.vector_dim)
-                encoder = TitleEncoder(model.config.encoder)
-            self._vectors = EntityVectorCache(None, encoder)
+                source = model.config.encoder
+                encoder = TitleEncoder(source)
+            self._vectors, self._source = EntityVectorCache(None, encoder), source
         return self._vectors
 
     def _check_encoder(self, model: Any, optimizer: torch.optim.Optimizer) -> None:
@@ -337,8 +341,7 @@ class EntityGraphOnline:
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in state:
                     state[key].index_fill_(0, rows, 0.0)
-        model.config = replace(model.config, encoder=self.settings.trainer_encoder or
-                               model.config.encoder, encoder_fingerprint=new_fp)
+        model.config = replace(model.config, encoder=self._source, encoder_fingerprint=new_fp)
         if old_fp:
             logger.warning("title encoder changed (%s...: was %s...): %d of %d entity vectors "
                            "recomputed from their titles", new_fp[:12], old_fp[:12],
@@ -350,7 +353,7 @@ class EntityGraphOnline:
 
         s = self.settings
         encoder = TitleEncoder(s.trainer_encoder)
-        self._vectors = EntityVectorCache(None, encoder)
+        self._vectors, self._source = EntityVectorCache(None, encoder), s.trainer_encoder
         config = EntityGraphConfig(dim=s.trainer_dim, encoder=s.trainer_encoder,
                                    k_star=s.k_star, encoder_fingerprint=encoder.fingerprint)
         torch.manual_seed(s.trainer_seed)
