@@ -291,7 +291,7 @@ def main() -> None:
     parser.add_argument("--eg-examples", type=int, default=20000)
     parser.add_argument("--embedme-examples", type=int, default=32)
     parser.add_argument("--eg-replay", type=int, default=None,
-                        help="MEKB_TRAINER_REPLAY for EntityGraph (default: the kind's, 1)")
+                        help="MEKB_TRAINER_REPLAY for EntityGraph (default: the kind's, 3)")
     parser.add_argument("--eg-batch", type=int, default=None,
                         help="MEKB_TRAINER_BATCH_SIZE for EntityGraph (default: the kind's, 256)")
     args = parser.parse_args()

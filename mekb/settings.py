@@ -377,7 +377,7 @@ class Settings(BaseSettings):
         default=None, ge=0, le=100,
         description="Experience replay: after each step on new examples, this many steps on "
         "as many examples drawn from the recent window (MEKB_TRAINER_RECENT_WINDOW). Unset: "
-        "the model kind's (EmbedMe 0, EntityGraph 1).",
+        "the model kind's (EmbedMe 0, EntityGraph 3).",
     )
     trainer_optimizer: Literal["lamb", "adamw"] = Field(
         default="adamw",

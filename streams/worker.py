@@ -4,8 +4,9 @@ By default the agents run on aiokafka consumer groups, not faust-streaming agent
 (streams/faust_app.py runs this same worker's batch step inside a platform's own
 `faust.App`, at Faust's throughput). They keep Faust's model (consumer-group
 partitions, a changelogged RocksDB table per partition, global tables as replicas
-of compacted topics) without its runtime, for reasons measured here (faust-streaming 0.15.3, mode-streaming 0.7.1, aiokafka 0.14.0, the
-embedded Tansu broker, 2 shared cores; `bench/bench_streams.py --faust`):
+of compacted topics) without its runtime, for reasons measured here (faust-streaming
+0.15.3, mode-streaming 0.7.1, aiokafka 0.14.0, the embedded Tansu broker, 2 shared
+cores; `bench/bench_streams.py --faust`):
 - Throughput: a Faust agent whose body only counts what `stream.take(10_000,
   within=0.2)` yields (raw serializers, no state, web off) reads 9-14 k events/s
   on a lightly loaded machine (where this worker, doing all its work, does 25-27 k)

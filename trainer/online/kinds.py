@@ -271,10 +271,10 @@ class EntityGraphOnline:
     # a step's cost is mostly per-step overhead: large steps give thousands of examples/s
     default_batch = 256
     # one pass over a short stream leaves zero-shot users at popularity's level (default
-    # synthetic world: HR@10 0.32-0.36 vs 0.33); one replayed step per step gave
-    # 0.37-0.40 in five runs, as three did (0.37-0.39), at twice three's rate
-    # (docs/benchmarks.md: each replayed step costs as much as a step on new examples)
-    default_replay = 1
+    # synthetic world: HR@10 0.32-0.36 vs 0.33). Three replayed steps per step: 0.37-0.42
+    # in six runs; one: 0.34-0.40 in nine (one below the quality test's margin) at about
+    # 1.4x the rate (docs/benchmarks.md: a replayed step costs as much as a new one)
+    default_replay = 3
     # its ops are small (a step is ~10 ms): on 2 shared cores a second intra-op thread
     # mostly waits for the first, and one thread measured 5x the rate of two
     torch_threads = 1
@@ -385,8 +385,6 @@ class EntityGraphOnline:
         model.item_domains = list(state.item_domains)
         model._row = {item: i for i, item in enumerate(model.item_ids)}
         model.item_table = nn.Parameter(torch.empty_like(weights["item_table"]))
-        if "item_entity_row" in weights:  # (buffers sized like the checkpoint's, as load)
-            model.item_entity_row = torch.empty_like(weights["item_entity_row"])
         model.entity_table = nn.Parameter(torch.empty_like(weights["entity_table"]),
                                           requires_grad=model.config.finetune_entities)
         model.load_state_dict(weights, strict=True)
@@ -498,11 +496,9 @@ class EntityGraphOnline:
         leaf [U, H] that the tower reads through `encode_unique`, and Adam updates only
         those rows of the entity table (`adam_rows`: SparseAdam's lazy moments) — no
         backward into, nor optimiser pass over, the whole table. A table that is
-        knowledge-graph-tied, tied to the items (`tie_items`: item vectors read entity
-        rows too) or frozen takes the plain step."""
+        knowledge-graph-tied or frozen takes the plain step."""
         table = model.entity_table
-        if model.transe is not None or getattr(model, "item_proj", None) is not None or \
-                not table.requires_grad:
+        if model.transe is not None or not table.requires_grad:
             return dense_step(model, self.loss(model, batch, generator), optimizer)
         rows, scores, mask = self._inputs(model, batch)
         mask = self._dropout(model, mask, generator)
