@@ -192,7 +192,21 @@ def _decode(call: Call, response: httpx.Response, attempts: int) -> Any:
     raise error_for(response.status_code, detail, call.method, call.path, attempts)
 
 
-class Client:
+class _Pinnable:
+    """The pinned model version, shared by both clients (None: any version)."""
+
+    _flows: _Flows
+
+    @property
+    def model_version(self) -> str | None:
+        return self._flows.model_version
+
+    @model_version.setter
+    def model_version(self, version: str | None) -> None:
+        self._flows.model_version = version
+
+
+class Client(_Pinnable):
     """Blocking client. `timeout`: seconds per request (connect, read, write each);
     `retry`: see Retry; `model_version`: pin (see module doc). Use as a context manager
     or call close()."""
@@ -204,14 +218,6 @@ class Client:
         self._flows = _Flows(base_url, api_key, admin_key, model_version, retry, batch_size)
         self._http = httpx.Client(base_url=self._flows.base_url, timeout=timeout,
                                   transport=transport)
-
-    @property
-    def model_version(self) -> str | None:
-        return self._flows.model_version
-
-    @model_version.setter
-    def model_version(self, version: str | None) -> None:
-        self._flows.model_version = version
 
     def __enter__(self) -> Client:
         return self
@@ -318,7 +324,7 @@ class Client:
         return result
 
 
-class AsyncClient:
+class AsyncClient(_Pinnable):
     """The same calls as Client, awaitable (httpx.AsyncClient)."""
 
     def __init__(self, base_url: str, api_key: str | None = None, *,
@@ -328,14 +334,6 @@ class AsyncClient:
         self._flows = _Flows(base_url, api_key, admin_key, model_version, retry, batch_size)
         self._http = httpx.AsyncClient(base_url=self._flows.base_url, timeout=timeout,
                                        transport=transport)
-
-    @property
-    def model_version(self) -> str | None:
-        return self._flows.model_version
-
-    @model_version.setter
-    def model_version(self, version: str | None) -> None:
-        self._flows.model_version = version
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -48,8 +48,7 @@ from typing import Any
 from linker.base import Linker
 from mekb.kafka_config import aiokafka_config
 from mekb.settings import Settings
-from streams.items import link_items, prepare
-from streams.kafka_io import FETCH, Replica, producer_kwargs, send_records
+from streams.kafka_io import FETCH, Replica, producer_kwargs
 from streams.metrics import StreamMetrics
 from streams.partition import InRecord
 from streams.state.base import StateStore
@@ -134,25 +133,14 @@ class FaustWorker(StreamWorker):
             by_tp[event.message.tp].append(event.message)
         futures = []
         for tp, msgs in by_tp.items():
-            batch = prepare([InRecord(m.offset, m.key, m.value, "items") for m in msgs],
-                            tp.partition, self.catalog)
-            linked = await asyncio.to_thread(link_items, self.linker, batch.to_link)
-            futures += await send_records(
-                self._producer, self.t("item-entities"), tp.partition,
-                [(li.item_id.encode(), li.encode()) for li in linked])
-            futures += await send_records(
-                self._producer, self.t("dead-letters"), tp.partition,
-                [(o.key, o.value) for o in batch.dead_letters])
-            batch.outcomes["linked"] += len(linked)
-            for outcome, n in batch.outcomes.items():
-                self.metrics.events.labels("items", outcome).inc(n)
-            for reason, n in batch.reasons.items():
-                self.metrics.dead_letters.labels("items", reason).inc(n)
-            if batch.next_offset is not None:
+            sent, next_offset = await self._link_partition(
+                tp.partition, [InRecord(m.offset, m.key, m.value, "items") for m in msgs])
+            futures += sent
+            if next_offset is not None:
                 high = _highwater(consumer, tp)
                 if high is not None:
                     self.metrics.lag.labels("items", str(tp.partition)).set(
-                        max(0, high - batch.next_offset))
+                        max(0, high - next_offset))
         await asyncio.gather(*futures)
         self.metrics.batch_seconds.labels("items").observe(time.perf_counter() - started)
 

@@ -269,6 +269,27 @@ class StreamWorker:
         self.metrics.users.set(self.dftable.n_users)
 
     # --- item agent --------------------------------------------------------
+    async def _link_partition(self, partition: int, records: list[InRecord]
+                              ) -> tuple[list[Any], int | None]:
+        """The item agent's work on one partition's records (both runtimes): link, send
+        the entities and dead letters, count. Returns the send futures and the next
+        offset to commit once they are done."""
+        batch = prepare(records, partition, self.catalog)
+        # Linking is CPU work in the linker (spaCy/trie): off the event loop.
+        linked = await asyncio.to_thread(link_items, self.linker, batch.to_link)
+        futures = await send_records(
+            self._producer, self.t("item-entities"), partition,
+            [(li.item_id.encode(), li.encode()) for li in linked])
+        futures += await send_records(
+            self._producer, self.t("dead-letters"), partition,
+            [(o.key, o.value) for o in batch.dead_letters])
+        batch.outcomes["linked"] += len(linked)
+        for outcome, n in batch.outcomes.items():
+            self.metrics.events.labels("items", outcome).inc(n)
+        for reason, n in batch.reasons.items():
+            self.metrics.dead_letters.labels("items", reason).inc(n)
+        return futures, batch.next_offset
+
     async def _item_agent(self, stop: asyncio.Event) -> None:
         from aiokafka import AIOKafkaConsumer
 
@@ -289,27 +310,16 @@ class StreamWorker:
                 offsets = {}
                 futures = []
                 for tp, recs in got.items():
-                    batch = prepare([InRecord(r.offset, r.key, r.value, "items") for r in recs],
-                                    tp.partition, self.catalog)
-                    # Linking is CPU work in the linker (spaCy/trie): off the event loop.
-                    linked = await asyncio.to_thread(link_items, self.linker, batch.to_link)
-                    futures += await send_records(
-                        self._producer, self.t("item-entities"), tp.partition,
-                        [(li.item_id.encode(), li.encode()) for li in linked])
-                    futures += await send_records(
-                        self._producer, self.t("dead-letters"), tp.partition,
-                        [(o.key, o.value) for o in batch.dead_letters])
-                    batch.outcomes["linked"] += len(linked)
-                    for outcome, n in batch.outcomes.items():
-                        self.metrics.events.labels("items", outcome).inc(n)
-                    for reason, n in batch.reasons.items():
-                        self.metrics.dead_letters.labels("items", reason).inc(n)
-                    if batch.next_offset is not None:
-                        offsets[tp] = batch.next_offset
+                    sent, next_offset = await self._link_partition(
+                        tp.partition, [InRecord(r.offset, r.key, r.value, "items")
+                                       for r in recs])
+                    futures += sent
+                    if next_offset is not None:
+                        offsets[tp] = next_offset
                         high = consumer.highwater(tp)
                         if high is not None:
                             self.metrics.lag.labels("items", str(tp.partition)).set(
-                                max(0, high - batch.next_offset))
+                                max(0, high - next_offset))
                 await asyncio.gather(*futures)
                 # Commit after the linked entities are durable (at-least-once; re-linking
                 # an item is idempotent: the compacted table keeps the latest).
