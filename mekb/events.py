@@ -19,7 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 SCHEMA_VERSION = 1
 MAX_EVENT_BYTES = 64 * 1024
 
-Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
+ID_MAX = 128
+ID_PATTERN = r"^[^\x00-\x1f]+$"  # no control characters
+Id = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)]
 Domain = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.-]+$")]
 Action = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z_]+$")]
 Title = Annotated[str, Field(min_length=1, max_length=512)]

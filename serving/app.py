@@ -35,6 +35,7 @@ from fastapi.security import APIKeyHeader
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 
+from mekb.events import ID_MAX, ID_PATTERN
 from mekb.registry import VERSION_RE, Registry, RegistryError, VersionNotFound
 from serving.manager import ModelManager
 from serving.model import ItemSet, LoadedModel, ModelLoadError, load_items
@@ -67,6 +68,9 @@ DOMAIN_MAX = 128
 DELETE_TIMEOUT_S = 10.0  # DELETE /v1/users/{user_id}: the broker's acknowledgement
 # Module level: with postponed annotations FastAPI resolves these names in the module.
 UserId = Annotated[str, Path(min_length=1, max_length=USER_ID_MAX, description="user id")]
+# A user id the event contract accepts (mekb.events.Id): what a deletion can name.
+EventUserId = Annotated[str, Path(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN,
+                                  description="user id (the event contract's ids)")]
 VERSION_DOC = "model version id (1-128 of A-Z a-z 0-9 . _ -, not starting with . _ -)"
 VersionId = Annotated[str, Path(pattern=VERSION_RE.pattern, description=VERSION_DOC)]
 # OpenAPI security schemes (the Authorize button of /docs). auto_error=False: a missing
@@ -570,20 +574,17 @@ def create_app(
                 response_model=UserDeletedOut, responses={**errors(401, 403, 422), 503: {
                     "model": ErrorOut, "description": "The broker did not take the deletion "
                     "(or serving runs without Kafka)."}})
-    async def delete_user(user_id: UserId) -> Response:
+    async def delete_user(user_id: EventUserId) -> Response:
         """Erase a user: publish a `delete_user` record to `interactions` (docs/contracts.md).
         The stream worker removes the user's MeKB, df and N included; this replica and
         cache drop the user at the tombstone that follows on mekb-updates."""
         if cfg.delete_user is None:
             raise HTTPException(503, "user deletion needs Kafka (serving runs without it)")
         from aiokafka.errors import KafkaError
-        from pydantic import ValidationError
 
         try:
             # (a broker that does not answer: the client would wait for its own timeouts)
             published = await asyncio.wait_for(cfg.delete_user(user_id), DELETE_TIMEOUT_S)
-        except ValidationError as exc:
-            raise HTTPException(422, f"user_id: {exc.errors()[0]['msg']}") from None
         except (KafkaError, OSError) as exc:  # OSError: TimeoutError included
             raise HTTPException(503, f"deletion not published: {type(exc).__name__}: "
                                 f"{exc}") from None
