@@ -29,6 +29,7 @@ from mekb_client.errors import (
     ServiceUnavailable,
     TransportError,
     Unauthorized,
+    WrongShard,
 )
 from mekb_client.models import (
     BatchEmbeddings,
@@ -43,11 +44,12 @@ from mekb_client.models import (
     UserEmbedding,
     UserMeKB,
 )
+from mekb_client.routing import ShardRouter
 
 __all__ = [
     "APIError", "AsyncClient", "BatchEmbeddings", "Client", "Conflict", "Entity", "Forbidden",
     "InvalidRequest", "ItemEmbeddings", "MeKBError", "ModelVersion", "ModelVersionMismatch",
     "Models", "NotFound", "Pin", "RateLimited", "Ready", "Recommendations", "Retry",
-    "ScoredItem", "ServerError", "ServiceUnavailable", "TransportError", "Unauthorized",
-    "UserEmbedding", "UserMeKB",
+    "ScoredItem", "ServerError", "ServiceUnavailable", "ShardRouter", "TransportError",
+    "Unauthorized", "UserEmbedding", "UserMeKB", "WrongShard",
 ]

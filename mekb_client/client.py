@@ -32,6 +32,7 @@ import httpx
 from mekb_client.errors import (
     ModelVersionMismatch,
     TransportError,
+    WrongShard,
     error_for,
 )
 from mekb_client.models import (
@@ -186,10 +187,14 @@ def _decode(call: Call, response: httpx.Response, attempts: int) -> Any:
     if response.is_success or response.status_code in call.accept:
         return response.json()
     try:
-        detail = str(response.json()["detail"])
+        body = response.json()
+        detail = str(body["detail"])
     except (ValueError, KeyError, TypeError):
-        detail = response.text[:500] or response.reason_phrase
-    raise error_for(response.status_code, detail, call.method, call.path, attempts)
+        body, detail = None, response.text[:500] or response.reason_phrase
+    error = error_for(response.status_code, detail, call.method, call.path, attempts)
+    if isinstance(error, WrongShard) and isinstance(body, dict):
+        error.owners = {str(k): str(v) for k, v in (body.get("owners") or {}).items()}
+    raise error
 
 
 class _Pinnable:

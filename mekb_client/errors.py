@@ -46,6 +46,16 @@ class Conflict(APIError):
     """409: a model version could not be loaded, or the registry refused the change."""
 
 
+class WrongShard(APIError):
+    """421: a sharded replica was asked for a user of another shard (route with
+    mekb_client.routing.ShardRouter); `owners` maps each such user to its shard "i/n"."""
+
+    def __init__(self, status: int, detail: str, method: str, path: str,
+                 attempts: int = 1) -> None:
+        super().__init__(status, detail, method, path, attempts)
+        self.owners: dict[str, str] = {}  # filled from the 421 body by the client
+
+
 class InvalidRequest(APIError):
     """413/422 and other 4xx: the request is wrong; retrying does not help."""
 
@@ -76,7 +86,8 @@ class ModelVersionMismatch(MeKBError):
 
 
 _BY_STATUS: dict[int, type[APIError]] = {
-    401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 429: RateLimited,
+    401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 421: WrongShard,
+    429: RateLimited,
     503: ServiceUnavailable,
 }
 

@@ -18,6 +18,7 @@ from mekb.broker import free_port
 from mekb.registry import Registry
 from mekb.settings import Settings
 from mekb.topics import create_topics
+from mekb_client import Client, Retry, ShardRouter, WrongShard
 from serving.sharding import partition_for, shard_for
 from serving.testing import write_tiny_bundle
 from streams.synthetic import alias_rows, generate
@@ -123,6 +124,16 @@ def test_two_shards_answer_their_share_and_together_equal_one_replica(
         assert code == 421 and body["owners"] == {mixed[1]: "1/2"}, body
         code, body = http("POST", f"{s0}/v1/users/embeddings", {"user_ids": mixed[:1]})
         assert code == 200, body
+        # The Python client: routed batches are answered whole; unrouted, WrongShard.
+        router = ShardRouter([s0, s1], partitions=PARTITIONS)
+        for url, ids in router.split(sorted(users)).items():
+            with Client(url, retry=Retry(attempts=1)) as client:
+                got = client.embeddings(ids)
+                assert [e.user_id for e in got.embeddings] == ids
+        with Client(s0, retry=Retry(attempts=1)) as client, \
+                pytest.raises(WrongShard) as wrong:
+            client.embeddings(mixed)
+        assert wrong.value.owners == {mixed[1]: "1/2"}
     finally:
         for p in procs:
             p.stop()

@@ -55,3 +55,24 @@ def test_shard_map_names_the_owner_of_every_foreign_user() -> None:
         assert body is not None and body["owners"] == {user: f"{owner}/2"}
         assert "docs/contracts.md" in str(body["detail"])
     assert ShardMap(Shard(0, 1), 4).foreign(users) is None  # unsharded: every user
+
+
+def test_client_router_sends_every_user_where_the_replica_answers_200() -> None:
+    """mekb_client's ShardRouter agrees with each replica's own decision (ShardMap):
+    the replica a user is routed to holds them, every other replica refuses them."""
+    from mekb_client import ShardRouter
+
+    router = ShardRouter(["http://s0", "http://s1", "http://s2"], partitions=8)
+    maps = [ShardMap(Shard(i, 3), 8) for i in range(3)]
+    rng = random.Random(7)
+    users = [f"u{rng.randrange(10**9)}" for _ in range(500)]
+    for user in users:
+        owner = router.shard_of(user)
+        assert router.url_for(user) == f"http://s{owner}"
+        for i, shard_map in enumerate(maps):
+            assert (shard_map.foreign([user]) is None) == (i == owner)
+    split = router.split(users)
+    assert sorted(u for ids in split.values() for u in ids) == sorted(users)
+    assert all(maps[int(url[-1])].foreign(ids) is None for url, ids in split.items())
+    with pytest.raises(ValueError, match="partitions"):
+        ShardRouter(["http://s0"], partitions=0)
