@@ -20,7 +20,7 @@ import pytest
 from mekb.broker import free_port
 from mekb.settings import Settings
 from mekb.topics import create_topics
-from streams.synthetic import EventLog, alias_rows, generate, reference_counts, reference_df
+from streams.synthetic import EventLog, generate, reference_counts, reference_df
 from tests.integration.streams_helpers import (
     Worker,
     read_topic,
@@ -32,15 +32,6 @@ from tests.integration.test_streams_worker import linked
 from trainer.online.examples import parse_example
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture
-def alias(tmp_path: Path) -> Path:
-    from linker.alias_table import AliasTable
-
-    path = tmp_path / "alias"
-    AliasTable.build(path, alias_rows(120)).close()
-    return path
 
 
 def write_history(log: EventLog, root: Path) -> None:

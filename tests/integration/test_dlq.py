@@ -16,20 +16,11 @@ from mekb.broker import free_port
 from mekb.dlq import Filter, read
 from mekb.settings import Settings
 from mekb.topics import create_topics
-from streams.synthetic import alias_rows, generate, reference_counts, reference_df
+from streams.synthetic import generate, reference_counts, reference_df
 from tests.integration.streams_helpers import Worker, produce, wait_exact, worker_env
 from tests.integration.test_streams_worker import items_pairs, linked
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture
-def alias(tmp_path: Path) -> Path:
-    from linker.alias_table import AliasTable
-
-    path = tmp_path / "alias"
-    AliasTable.build(path, alias_rows(120)).close()
-    return path
 
 
 def mekb(settings: Settings, alias: Path, *args: str) -> subprocess.CompletedProcess[str]:

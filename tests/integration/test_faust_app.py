@@ -15,7 +15,7 @@ import pytest
 from mekb.broker import free_port
 from mekb.settings import Settings
 from mekb.topics import create_topics
-from streams.synthetic import alias_rows, generate
+from streams.synthetic import generate
 from tests.integration.streams_helpers import produce, read_topic, wait_exact, worker_env
 from tests.integration.test_streams_worker import events_pairs, items_pairs, reference
 
@@ -47,15 +47,6 @@ async def forward(stream):  # the platform's own agent
 
 mekb = install(app, settings)  # the item and MeKB agents
 '''
-
-
-@pytest.fixture
-def alias(tmp_path: Path) -> Path:
-    from linker.alias_table import AliasTable
-
-    path = tmp_path / "alias"
-    AliasTable.build(path, alias_rows(120)).close()
-    return path
 
 
 def test_agents_in_a_platform_faust_app_keep_state_exact(

@@ -23,7 +23,7 @@ import pytest
 from mekb.broker import EmbeddedBroker
 from mekb.settings import Settings
 from mekb.topics import create_topics, topic_ids
-from streams.synthetic import alias_rows, generate, reference_counts, reference_df
+from streams.synthetic import generate, reference_counts, reference_df
 from tests.integration.streams_helpers import Worker, latest_mekbs, produce, wait_exact
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -53,15 +53,6 @@ def records_json(pairs: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
 
 
 # --- stream worker -----------------------------------------------------------------------
-@pytest.fixture
-def alias(tmp_path: Path) -> Path:
-    from linker.alias_table import AliasTable
-
-    path = tmp_path / "alias"
-    AliasTable.build(path, alias_rows(120)).close()
-    return path
-
-
 def linked_entities(settings: Settings, alias: Path, items: list[dict[str, Any]]) -> Any:
     from linker.factory import build_linker
     from mekb.events import ItemEvent

@@ -31,8 +31,7 @@ from tests.integration.streams_helpers import (
     wait_exact,
 )
 from tests.integration.system_helpers import Process, child_env, http, wait_for
-from tests.integration.test_streams_worker import (  # noqa: F401 - the fixture
-    alias,
+from tests.integration.test_streams_worker import (
     events_pairs,
     items_pairs,
     linked,
@@ -60,7 +59,7 @@ def valid_events(pairs: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
 
 
 def test_erasure_is_exact_through_the_cli_the_http_api_and_a_sigkill(
-    settings: Settings, alias: Path, tmp_path: Path  # noqa: F811
+    settings: Settings, alias: Path, tmp_path: Path
 ) -> None:
     wsettings = Settings(**{**settings.model_dump(), "mekb_max_entities": 100_000,
                             "example_entities": 0})
@@ -181,7 +180,7 @@ def partition_of(n: int) -> Any:
 
 
 def test_decay_and_ttl_are_exact_across_two_workers_and_a_restore(
-    settings: Settings, alias: Path, tmp_path: Path  # noqa: F811
+    settings: Settings, alias: Path, tmp_path: Path
 ) -> None:
     rs = Settings(**{**settings.model_dump(), "mekb_max_entities": 100_000,
                      "example_entities": 0, "decay_half_life_s": 60.0, "decay_min_k": 0.05,

@@ -15,7 +15,7 @@ import pytest
 from mekb.events import ItemEvent
 from mekb.settings import Settings
 from mekb.topics import create_topics
-from streams.synthetic import EventLog, alias_rows, generate, reference_counts, reference_df
+from streams.synthetic import EventLog, generate, reference_counts, reference_df
 from tests.integration.streams_helpers import (
     Worker,
     latest_mekbs,
@@ -25,15 +25,6 @@ from tests.integration.streams_helpers import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture
-def alias(tmp_path: Path) -> Path:
-    from linker.alias_table import AliasTable
-
-    path = tmp_path / "alias"
-    AliasTable.build(path, alias_rows(120)).close()
-    return path
 
 
 @pytest.fixture
