@@ -32,7 +32,9 @@ vocabulary, MiniLM title vectors; a first pass of 2 000 examples gives every ent
 its row (titles encoded once, batched) and the first version is published; the rate is
 trained examples / wall time from the first poll after that pass to the end of the last
 training call (the drain of a last partial batch, after an empty poll, included). EmbedMe
-(MiniLM, 64 tokens, batch 16): the same from its first poll on.
+(MiniLM, 64 tokens, batch 16): the same from its first poll on. EntityGraph runs twice:
+as configured (replay deferred while behind the stream, then taken: the time that takes
+after the backlog is printed) and with MEKB_TRAINER_REPLAY_DEFER_LAG=0 (replay at once).
 """
 
 from __future__ import annotations
@@ -159,7 +161,8 @@ def kind_stream(n: int, seed: int, n_entities: int = 4000, per_example: int = 30
 
 def run_kind_through_broker(bootstrap: str, kind: str, warm: int, n: int, seed: int,
                             data_dir: Path, replay: int | None = None,
-                            batch: int | None = None) -> dict[str, float]:
+                            batch: int | None = None,
+                            defer_lag: int | None = None) -> dict[str, float]:
     """One trainer of `kind` over warm + n records pre-produced into a fresh topic."""
     import asyncio
 
@@ -184,7 +187,8 @@ def run_kind_through_broker(bootstrap: str, kind: str, warm: int, n: int, seed: 
         trainer_max_tokens=64, trainer_dim=64, trainer_publish_every=0,
         trainer_publish_interval_s=0,
         trainer_refit_interval_s=1e9, trainer_checkpoint_interval_s=1e9,
-        trainer_holdout_fraction=0.05, trainer_replay=replay, trainer_batch_size=batch)
+        trainer_holdout_fraction=0.05, trainer_replay=replay, trainer_batch_size=batch,
+        **({} if defer_lag is None else {"trainer_replay_defer_lag": defer_lag}))
     create_topics(settings)
     producer = KafkaProducer(**kafka_python_config(settings), linger_ms=5,
                              batch_size=256 * 1024)
@@ -203,20 +207,23 @@ def run_kind_through_broker(bootstrap: str, kind: str, warm: int, n: int, seed: 
                             store, registry, TrainerMetrics(prom), kind=k)
     total = warm + n
     # per process() call that consumed or trained: (start, end, consumed before,
-    # trained before, consumed after, trained after)
-    marks: list[tuple[float, float, int, int, int, int]] = []
+    # trained before, consumed after, trained after, process CPU time at start, at end)
+    marks: list[tuple[float, float, int, int, int, int, float, float]] = []
     process = trainer.process
 
     def timed(records: Any, now: float | None = None) -> Any:
         t0, c0, s0 = time.perf_counter(), sum(trainer.offsets.values()), \
             trainer.state.examples_seen
+        cpu0 = time.process_time()
         out = process(records, now)
         if records or trainer.state.examples_seen > s0:
             marks.append((t0, time.perf_counter(), c0, s0, sum(trainer.offsets.values()),
-                          trainer.state.examples_seen))
+                          trainer.state.examples_seen, cpu0, time.process_time()))
         return out
 
     trainer.process = timed  # type: ignore[method-assign]
+
+    paid_at: list[float] = []
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -224,6 +231,10 @@ def run_kind_through_broker(bootstrap: str, kind: str, warm: int, n: int, seed: 
         while not (marks and marks[-1][4] >= total and not trainer.pending) \
                 and not task.done():
             await asyncio.sleep(0.05)
+        # the replay deferred while the backlog lasted is taken once it is gone
+        while trainer.replay_owed and not task.done():
+            await asyncio.sleep(0.05)
+        paid_at.append(time.perf_counter())
         stop.set()
         await task
 
@@ -236,9 +247,18 @@ def run_kind_through_broker(bootstrap: str, kind: str, warm: int, n: int, seed: 
     inside = sum(m[1] - m[0] for m in marks if m[0] >= first[0])  # in process(): the rest
     # is the consumer loop (fetch wait, lag, health) between calls
     return {"rate": (last[5] - first[3]) / (last[1] - first[0]), "trained": last[5] - first[3],
+            # CPU seconds of this process (the trainer's threads; the broker is another
+            # process): the rate the trainer would reach with its cores to itself
+            "per_cpu_s": (last[5] - first[3]) / (last[7] - first[6]),
             "seconds": last[1] - first[0], "batch": trainer.batch_size,
             "replay": trainer.replay, "threads": torch.get_num_threads(),
             "in_process": inside / (last[1] - first[0]),
+            # from the end of the backlog until every owed replay step was taken
+            "replay_paid_s": paid_at[0] - last[1],
+            "replayed": prom.get_sample_value("mekb_trainer_examples_total",
+                                              {"outcome": "replayed"}) or 0.0,
+            "forgone": prom.get_sample_value("mekb_trainer_examples_total",
+                                             {"outcome": "replay_forgone"}) or 0.0,
             # the one publication of the run (gate, checkpoint, export, publish, activate)
             "publish_s": prom.get_sample_value("mekb_trainer_publish_duration_seconds_sum",
                                                {"kind": "full"}) or 0.0}
@@ -252,30 +272,40 @@ def bench_kinds(args: argparse.Namespace) -> None:
     from mekb.broker import EmbeddedBroker
 
     threads = torch.get_num_threads()
-    results: dict[str, list[dict[str, float]]] = {"embedme": [], "entitygraph": []}
+    # EntityGraph as configured (replay deferred while behind), EntityGraph replaying at
+    # once (MEKB_TRAINER_REPLAY_DEFER_LAG=0, the behaviour before deferral) and EmbedMe
+    variants = {"entitygraph": None, "entitygraph-replay-at-once": 0, "embedme": None}
+    results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     with EmbeddedBroker() as broker:
-        for seed in range(args.repeat):  # kinds interleaved: the same load for both
-            for kind in results:
+        for seed in range(args.repeat):  # variants interleaved: the same load for all
+            for label, defer_lag in variants.items():
+                kind = label.split("-")[0]
                 torch.set_num_threads(threads)  # a kind may set its own (torch_threads)
                 warm, n = (2000, args.eg_examples) if kind == "entitygraph" else \
                     (0, args.embedme_examples)
                 with tempfile.TemporaryDirectory() as tmp:
                     r = run_kind_through_broker(
                         broker.bootstrap_servers, kind, warm, n, seed, Path(tmp),
-                        *((args.eg_replay, args.eg_batch) if kind == "entitygraph" else ()))
-                results[kind].append(r)
-                print(f"  run {seed} {kind}: {r['rate']:.1f} examples/s ({r['trained']:.0f} "
+                        *((args.eg_replay, args.eg_batch, defer_lag)
+                          if kind == "entitygraph" else ()))
+                results[label].append(r)
+                print(f"  run {seed} {label}: {r['rate']:.1f} examples/s, "
+                      f"{r['per_cpu_s']:.0f} per CPU-second ({r['trained']:.0f} "
                       f"in {r['seconds']:.1f} s, {r['in_process']:.0%} of it in process(); "
+                      f"{r['replayed']:.0f} replayed, {r['forgone']:.0f} forgone, owed "
+                      f"replay taken {r['replay_paid_s']:.1f} s after the backlog; "
                       f"load {os.getloadavg()[0]:.1f}; first publication "
                       f"{r['publish_s']:.1f} s)", flush=True)
     med = {k: statistics.median(r["rate"] for r in v) for k, v in results.items()}
-    for kind, runs in results.items():
+    for label, runs in results.items():
         r = runs[0]
         rates = ", ".join(f"{x['rate']:.1f}" for x in runs)
-        print(f"continuous trainer {kind} through the broker: {med[kind]:.1f} examples/s "
-              f"(median of {len(runs)}: {rates}; batch "
-              f"{r['batch']:.0f}, replay {r['replay']:.0f}, torch threads {r['threads']:.0f})")
-    print(f"EntityGraph / EmbedMe: {med['entitygraph'] / med['embedme']:.0f}x")
+        cpu = statistics.median(x["per_cpu_s"] for x in runs)
+        print(f"continuous trainer {label} through the broker: {med[label]:.1f} examples/s "
+              f"(median of {len(runs)}: {rates}), {cpu:.0f} per CPU-second; batch "
+              f"{r['batch']:.0f}, replay {r['replay']:.0f}, torch threads {r['threads']:.0f}")
+    print(f"EntityGraph / EmbedMe: {med['entitygraph'] / med['embedme']:.0f}x; deferred / "
+          f"at-once replay: {med['entitygraph'] / med['entitygraph-replay-at-once']:.2f}x")
 
 
 def main() -> None:

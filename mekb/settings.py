@@ -379,6 +379,15 @@ class Settings(BaseSettings):
         "as many examples drawn from the recent window (MEKB_TRAINER_RECENT_WINDOW). Unset: "
         "the model kind's (EmbedMe 0, EntityGraph 3).",
     )
+    trainer_replay_defer_lag: int = Field(
+        default=1000, ge=0,
+        description="While more than this many training-examples records wait behind the "
+        "ones being trained, replay steps are owed instead of taken (new examples first: "
+        "the trainer keeps up with the stream) and are paid when it catches up, before a "
+        "publication and whenever a poll finds nothing new; at most MEKB_TRAINER_REPLAY "
+        "passes over the recent window are owed. 0: always replay at once, even if the "
+        "trainer falls behind.",
+    )
     trainer_optimizer: Literal["lamb", "adamw"] = Field(
         default="adamw",
         description="Fine-tuning optimiser of the user tower (the ID table always takes plain "

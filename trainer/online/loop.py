@@ -31,7 +31,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +53,32 @@ from trainer.optim import make_optimizer
 
 logger = logging.getLogger(__name__)
 
+# Owed replay is taken in slices of this much wall time between polls.
+REPLAY_SLICE_S = 0.25
+
 
 @dataclass(frozen=True)
 class Record:
-    """One consumed training-examples record."""
+    """One consumed training-examples record. `decoded`: its value parsed ahead of
+    `process` (`decode`; the runner does it while the previous poll trains)."""
 
     partition: int
     offset: int
     value: bytes | None
     key: bytes | None = None
+    decoded: Example | InvalidExample | None = None
+
+
+def decode(rec: Record) -> Record:
+    """`rec` with its value parsed (or the reason it is not an example); tombstones as
+    they are. Pure: it can run on another thread than the trainer's."""
+    if rec.value is None:
+        return rec
+    try:
+        decoded: Example | InvalidExample = parse_example(rec.value)
+    except InvalidExample as exc:
+        decoded = exc
+    return replace(rec, decoded=decoded)
 
 
 def state_dir(settings: Settings) -> Path:
@@ -125,6 +142,10 @@ class OnlineTrainer:
         self.offsets: dict[str, int] = dict(state.offsets)  # next offset, all consumed
         self.since_publish = int(extra.get("since_publish", 0))
         self.since_checkpoint = 0
+        # Replay steps owed: taken while the trainer keeps up, deferred while it is behind
+        # (set_backlog) so that new examples come first, paid when it catches up.
+        self.replay_owed = int(extra.get("replay_owed", 0))
+        self.behind = False
         self._warned_cut = False  # examples cut short of the model's input: warned once
         self.state_dirty = False  # state changed without new weights (a publication)
         self.last_checkpoint_at = time.time()
@@ -137,9 +158,16 @@ class OnlineTrainer:
         self.metrics.holdout.set(len(self.holdout))
 
     # --- consuming and training ----------------------------------------------------
+    def set_backlog(self, waiting: int) -> None:
+        """The runner's count of records waiting behind the ones it hands to `process`
+        next: over MEKB_TRAINER_REPLAY_DEFER_LAG, replay is deferred."""
+        limit = self.settings.trainer_replay_defer_lag
+        self.behind = bool(limit) and waiting > limit
+
     def process(self, records: Sequence[Record], now: float | None = None) -> dict[str, int] | None:
         """Ingest records, train full micro-batches (the rest when the poll was empty),
-        then publish/refit/checkpoint when due. Returns offsets to commit, if any."""
+        take owed replay steps for up to REPLAY_SLICE_S when not behind, then
+        publish/refit/checkpoint when due. Returns offsets to commit, if any."""
         self.ingest(records)
         size = self.batch_size
         while len(self.pending) >= size:
@@ -147,6 +175,9 @@ class OnlineTrainer:
             self.train_step(batch)
         if not records and self.pending:
             self.drain()
+        if not self.behind:
+            # in slices, so that new records are polled (and `behind` re-read) in between
+            self.pay_replay(REPLAY_SLICE_S)
         return self.housekeeping(time.time() if now is None else now)
 
     def ingest(self, records: Sequence[Record]) -> None:
@@ -159,12 +190,11 @@ class OnlineTrainer:
             if rec.value is None and rec.key:
                 self.forget_user(rec.key.decode("utf-8", "replace"))
                 continue
-            try:
-                ex = parse_example(rec.value)
-            except InvalidExample as exc:
+            ex = rec.decoded if rec.decoded is not None else decode(rec).decoded
+            if isinstance(ex, InvalidExample) or ex is None:
                 self.metrics.examples.labels("invalid").inc()
                 logger.warning("skipping training example at %s:%d@%d: %s", self.topic,
-                               rec.partition, rec.offset, exc)
+                               rec.partition, rec.offset, ex or "empty record")
                 continue
             parsed.append(ex)
             if max_tokens and ex.cut_short(max_tokens):
@@ -230,7 +260,10 @@ class OnlineTrainer:
         value = self._step(batch)
         for ex in batch:
             self.recent.add(ex)
-        self._replay(len(batch))
+        if self.behind:
+            self._owe_replay()
+        else:
+            self._replay(len(batch), self.replay)
         self.state.step += 1
         self.state.examples_seen += len(batch)
         self.since_publish += len(batch)
@@ -244,12 +277,11 @@ class OnlineTrainer:
     def _step(self, batch: Sequence[Example]) -> float:
         return self.kind.step(self.model, batch, self.optimizer, self.generator)
 
-    def _replay(self, size: int) -> None:
+    def _replay(self, size: int, rounds: int) -> None:
         """Experience replay: after each step on new examples, `replay` steps on as many
         examples drawn from the recent window (trained already, never held out). A
         stream shows each example once; a model whose step costs milliseconds
         (EntityGraph) affords several passes over the recent stream that way."""
-        rounds = self.replay
         if not rounds or len(self.recent) < size:
             return
         window = list(self.recent)
@@ -257,6 +289,36 @@ class OnlineTrainer:
         for r in range(rounds):
             self._step([window[i] for i in rows[r].tolist()])
             self.metrics.examples.labels("replayed").inc(size)
+
+    def _owe_replay(self) -> None:
+        """Defer this step's replay. What is owed is capped at `replay` passes over the
+        recent window: under a lasting overload the rest is forgone (and counted), and
+        the trainer trains each new example once."""
+        if not self.replay:
+            return
+        cap = self.replay * max(1, len(self.recent) // self.batch_size)
+        owed = self.replay_owed + self.replay
+        if owed > cap:
+            self.metrics.examples.labels("replay_forgone").inc((owed - cap) * self.batch_size)
+            owed = cap
+        self.replay_owed = owed
+        self.metrics.replay_owed.set(owed)
+
+    def pay_replay(self, budget_s: float | None = None) -> int:
+        """Take owed replay steps (batches drawn from the whole recent window) until none
+        is owed or `budget_s` has passed; returns the steps taken."""
+        started, taken = time.perf_counter(), 0
+        size = min(self.batch_size, len(self.recent))
+        while self.replay_owed and size:
+            if budget_s is not None and time.perf_counter() - started >= budget_s:
+                break
+            self.model.train()
+            self._replay(size, 1)
+            self.replay_owed -= 1
+            taken += 1
+        if taken:
+            self.metrics.replay_owed.set(self.replay_owed)
+        return taken
 
     # --- schedule ------------------------------------------------------------------
     def housekeeping(self, now: float) -> dict[str, int] | None:
@@ -290,6 +352,7 @@ class OnlineTrainer:
             **self.kind.checkpoint_extra(self.model),
             model_kind=self.kind.name,
             since_publish=self.since_publish,
+            replay_owed=self.replay_owed,
             recent=[e.to_json() for e in self.recent],
             holdout=[e.to_json() for e in self.holdout],
         )
@@ -310,6 +373,8 @@ class OnlineTrainer:
         """Gate the live model against the active version; publish it if it passes."""
         started = time.perf_counter()
         self.drain()
+        if not self.behind:  # a version includes its owed replay unless that delays new data
+            self.pay_replay()
         active = self.registry.active()
         gate = self._gate(TorchScorer(self.model, self.kind.user_embeddings), active, "full")
         self.since_publish = 0

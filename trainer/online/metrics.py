@@ -16,7 +16,8 @@ class TrainerMetrics:
         self.examples = Counter(
             "mekb_trainer_examples", "Training-examples records consumed, by outcome "
             "(trained, held_out, invalid; skipped: passed over by MEKB_TRAINER_MAX_LAG_RECORDS; "
-            "replayed: trained again by MEKB_TRAINER_REPLAY; erased: queued examples of a deleted "
+            "replayed: trained again by MEKB_TRAINER_REPLAY; replay_forgone: replays not taken, "
+            "more being owed than the cap; erased: queued examples of a deleted "
             "user dropped).",
             ["outcome"], registry=registry)
         self.examples_cut = Counter(
@@ -75,6 +76,10 @@ class TrainerMetrics:
         self.entities_added = Counter(
             "mekb_trainer_entities_added", "Entities given a row (title encoded once) as "
             "they first appeared in training examples.", registry=registry)
+        self.replay_owed = Gauge(
+            "mekb_trainer_replay_owed_steps", "Replay steps deferred while the trainer was "
+            "behind the stream (MEKB_TRAINER_REPLAY_DEFER_LAG), taken when it catches up.",
+            registry=registry)
         self.holdout = Gauge(
             "mekb_trainer_holdout_examples", "Held-out examples kept for the gate.",
             registry=registry)

@@ -24,7 +24,7 @@ from typing import IO, Any
 from mekb.kafka_config import aiokafka_config
 from mekb.settings import Settings
 from mekb.topics import new_topic_ids, topic_ids
-from trainer.online.loop import OnlineTrainer, Record
+from trainer.online.loop import OnlineTrainer, Record, decode
 from trainer.online.resume import rebase_offsets
 
 logger = logging.getLogger(__name__)
@@ -146,8 +146,25 @@ async def run(settings: Settings, trainer: OnlineTrainer, health: Health,
                      for tp in tps})
         max_records = max(64, trainer.batch_size * 4)
         recreated = _watch(settings, topic, current, stop)
+        # One poll trains (in a thread) while the next is fetched and decoded here: the
+        # step's torch kernels release the GIL, so the decoding takes the other core.
+        training: asyncio.Future[dict[str, int] | None] | None = None
+
+        async def trained() -> None:
+            """Wait for the poll in training; commit, lag and health after it."""
+            nonlocal training
+            if training is None:
+                return
+            offsets, training = await training, None
+            if offsets:
+                await _commit(consumer, topic, offsets)
+            trainer.metrics.lag.set(bound_lag(consumer, topic, tps, trainer,
+                                               settings.trainer_max_lag_records))
+            _sync(health, trainer)
+
         while not stop.is_set():
             if recreated.done() and recreated.result():
+                await trained()
                 # the topic was re-created under us (the embedded broker restarted):
                 # keep the weights, read the new topic from its start
                 current = recreated.result().get(topic)
@@ -159,22 +176,25 @@ async def run(settings: Settings, trainer: OnlineTrainer, health: Health,
                     consumer.seek(tp, 0)
                 health.partitions = parts
                 recreated = _watch(settings, topic, current, stop)
-            got = await consumer.getmany(timeout_ms=POLL_MS, max_records=max_records)
-            # (records fetched before a skip-ahead below may still arrive: below the
-            # position, they are dropped)
-            records = [Record(tp.partition, r.offset, r.value, r.key)
-                       for tp, recs in got.items() for r in recs
-                       if r.offset >= trainer.offsets.get(_key(topic, tp.partition), 0)]
+            # owed replay is taken in slices between polls that do not wait for records
+            idle_work = trainer.replay_owed and not trainer.behind
+            got = await consumer.getmany(timeout_ms=0 if idle_work else POLL_MS,
+                                         max_records=max_records)
+            fetched = [decode(Record(tp.partition, r.offset, r.value, r.key))
+                       for tp, recs in got.items() for r in recs]
+            await trained()
+            # (records fetched before a skip-ahead may still arrive: below the position,
+            # they are dropped)
+            records = [r for r in fetched
+                       if r.offset >= trainer.offsets.get(_key(topic, r.partition), 0)]
             if records:
                 health.records += len(records)
                 health.caught_up = False  # (while they are trained and maybe published)
-            offsets = await asyncio.to_thread(trainer.process, records)
-            if offsets:
-                await _commit(consumer, topic, offsets)
-            trainer.metrics.lag.set(bound_lag(consumer, topic, tps, trainer,
-                                               settings.trainer_max_lag_records))
-            health.caught_up = not records and at_end(consumer, topic, tps, trainer)
-            _sync(health, trainer)
+            else:
+                health.caught_up = at_end(consumer, topic, tps, trainer)
+            trainer.set_backlog(waiting(consumer, topic, tps, trainer) - len(records))
+            training = asyncio.ensure_future(asyncio.to_thread(trainer.process, records))
+        await trained()
         health.phase = "stopping"
         recreated.cancel()
         offsets = await asyncio.to_thread(trainer.checkpoint_and_offsets)
@@ -188,6 +208,17 @@ def _watch(settings: Settings, topic: str, topic_id: str | None,
     """Done when `topic` has another id than `topic_id` (never if that is unknown)."""
     known = {topic: topic_id} if topic_id else {}
     return asyncio.create_task(new_topic_ids(settings, known, stop), name="topic-ids")
+
+
+def waiting(consumer: Any, topic: str, tps: list[Any], trainer: OnlineTrainer) -> int:
+    """Records between the trainer's position and the high watermarks (fetched or not)."""
+    total = 0
+    for tp in tps:
+        high = consumer.highwater(tp)
+        done = trainer.offsets.get(_key(topic, tp.partition), 0)
+        if high is not None:
+            total += max(0, int(high) - int(done))
+    return total
 
 
 def bound_lag(consumer: Any, topic: str, tps: list[Any], trainer: OnlineTrainer,
