@@ -207,8 +207,9 @@ def run_kind_through_broker(bootstrap: str, kind: str, warm: int, n: int, seed: 
                             store, registry, TrainerMetrics(prom), kind=k)
     total = warm + n
     # per process() call that consumed or trained: (start, end, consumed before,
-    # trained before, consumed after, trained after, process CPU time at start, at end)
-    marks: list[tuple[float, float, int, int, int, int, float, float]] = []
+    # trained before, consumed after, trained after, process CPU time at start, at end,
+    # examples replayed so far)
+    marks: list[tuple[float, float, int, int, int, int, float, float, float]] = []
     process = trainer.process
 
     def timed(records: Any, now: float | None = None) -> Any:
@@ -218,18 +219,40 @@ def run_kind_through_broker(bootstrap: str, kind: str, warm: int, n: int, seed: 
         out = process(records, now)
         if records or trainer.state.examples_seen > s0:
             marks.append((t0, time.perf_counter(), c0, s0, sum(trainer.offsets.values()),
-                          trainer.state.examples_seen, cpu0, time.process_time()))
+                          trainer.state.examples_seen, cpu0, time.process_time(),
+                          replayed()))
         return out
 
     trainer.process = timed  # type: ignore[method-assign]
+
+    def replayed() -> float:
+        return prom.get_sample_value("mekb_trainer_examples_total",
+                                     {"outcome": "replayed"}) or 0.0
+
+    # after each step on new examples (and its replay, if taken at once): (wall, CPU
+    # time, examples trained, examples replayed)
+    steps: list[tuple[float, float, int, float]] = []
+    train_step = trainer.train_step
+
+    def stepped(batch: Any) -> float:
+        loss = train_step(batch)
+        steps.append((time.perf_counter(), time.process_time(),
+                      trainer.state.examples_seen, replayed()))
+        return loss
+
+    trainer.train_step = stepped  # type: ignore[method-assign]
 
     paid_at: list[float] = []
 
     async def main() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(run(settings, trainer, Health(), stop))
-        while not (marks and marks[-1][4] >= total and not trainer.pending) \
-                and not task.done():
+        def all_trained() -> bool:  # (after the process() call that trained the last)
+            held = prom.get_sample_value("mekb_trainer_examples_total",
+                                         {"outcome": "held_out"}) or 0.0
+            return bool(marks) and marks[-1][5] + held >= total
+
+        while not all_trained() and not task.done():
             await asyncio.sleep(0.05)
         # the replay deferred while the backlog lasted is taken once it is gone
         while trainer.replay_owed and not task.done():
@@ -239,22 +262,27 @@ def run_kind_through_broker(bootstrap: str, kind: str, warm: int, n: int, seed: 
         await task
 
     asyncio.run(main())
-    # from the first call after the warm-up records to the end of the last one: fetch
-    # waits between calls included (the drain of the last partial batch waits for an
-    # empty poll, POLL_MS: counted too)
+    # from the first call after the warm-up records to the end of the step that trained
+    # the last new example: fetch waits between calls included (the drain of the last
+    # partial batch waits for an empty poll, POLL_MS: counted too), the owed replay
+    # taken after it not (replay_paid_s)
     first = next(m for m in marks if m[2] >= warm)
-    last = marks[-1]
-    inside = sum(m[1] - m[0] for m in marks if m[0] >= first[0])  # in process(): the rest
-    # is the consumer loop (fetch wait, lag, health) between calls
-    return {"rate": (last[5] - first[3]) / (last[1] - first[0]), "trained": last[5] - first[3],
+    end_t, end_cpu, end_seen, end_replayed = steps[-1]
+    trained, seconds = end_seen - first[3], end_t - first[0]
+    inside = sum(min(m[1], end_t) - m[0] for m in marks if first[0] <= m[0] < end_t)
+    return {"rate": trained / seconds, "trained": trained,
             # CPU seconds of this process (the trainer's threads; the broker is another
             # process): the rate the trainer would reach with its cores to itself
-            "per_cpu_s": (last[5] - first[3]) / (last[7] - first[6]),
-            "seconds": last[1] - first[0], "batch": trainer.batch_size,
+            "per_cpu_s": trained / (end_cpu - first[6]),
+            "seconds": seconds, "batch": trainer.batch_size,
             "replay": trainer.replay, "threads": torch.get_num_threads(),
-            "in_process": inside / (last[1] - first[0]),
-            # from the end of the backlog until every owed replay step was taken
-            "replay_paid_s": paid_at[0] - last[1],
+            # in process(): the rest is the consumer loop (fetch wait, lag, health)
+            "in_process": inside / seconds,
+            # from the last new example's step until every owed replay step was taken
+            "replay_paid_s": paid_at[0] - end_t,
+            # replayed within the measured window (at once: while within the defer lag)
+            "replayed_in_window": end_replayed - next(
+                (m[8] for m in reversed(marks) if m[0] < first[0]), 0.0),
             "replayed": prom.get_sample_value("mekb_trainer_examples_total",
                                               {"outcome": "replayed"}) or 0.0,
             "forgone": prom.get_sample_value("mekb_trainer_examples_total",
@@ -292,7 +320,8 @@ def bench_kinds(args: argparse.Namespace) -> None:
                 print(f"  run {seed} {label}: {r['rate']:.1f} examples/s, "
                       f"{r['per_cpu_s']:.0f} per CPU-second ({r['trained']:.0f} "
                       f"in {r['seconds']:.1f} s, {r['in_process']:.0%} of it in process(); "
-                      f"{r['replayed']:.0f} replayed, {r['forgone']:.0f} forgone, owed "
+                      f"{r['replayed']:.0f} replayed ({r['replayed_in_window']:.0f} of them "
+                      f"in the measured window), {r['forgone']:.0f} forgone, owed "
                       f"replay taken {r['replay_paid_s']:.1f} s after the backlog; "
                       f"load {os.getloadavg()[0]:.1f}; first publication "
                       f"{r['publish_s']:.1f} s)", flush=True)

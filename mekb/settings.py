@@ -420,9 +420,11 @@ class Settings(BaseSettings):
         description="Where the trainer fine-tunes: `auto` = CUDA when torch sees a GPU, else "
         "CPU. Checkpoints and bundles are device-independent.",
     )
-    trainer_publish_every: int = Field(
-        default=5000, ge=0,
-        description="Trained examples between candidate publications (0 = only by time).",
+    trainer_publish_every: int | None = Field(
+        default=None, ge=0,
+        description="Trained examples between candidate publications (0 = only by time). "
+        "Unset: the model kind's (EmbedMe 5 000, EntityGraph 100 000: a trainer of "
+        "thousands of examples/s would otherwise publish every few seconds).",
     )
     trainer_publish_interval_s: float = Field(
         default=900.0, ge=0.0,
@@ -476,6 +478,26 @@ class Settings(BaseSettings):
         "version's by more than this (absolute).",
     )
     trainer_seed: int = Field(default=0, description="Seed of initialisation and sampling.")
+    trainer_kg_dim: int = Field(
+        default=0, ge=0, le=1024,
+        description="EntityGraph: width of the TransE embeddings of the knowledge graph tied "
+        "to the entity vectors (0 = off). The graph is MEKB_TRAINER_KG_PATH (if set) merged "
+        "with the item agent's edges (item-entities, read once at trainer start-up).",
+    )
+    trainer_kg_path: Path | None = Field(
+        default=None,
+        description="EntityGraph with MEKB_TRAINER_KG_DIM > 0: a knowledge-graph .npz "
+        "(`mekb kg build ...`) merged with the item agent's edges. Unset: those edges only.",
+    )
+    trainer_kg_weight: float = Field(
+        default=0.1, ge=0.0,
+        description="Weight of the TransE margin loss beside the recommendation loss.",
+    )
+    trainer_kg_batch: int = Field(
+        default=256, ge=1, le=65_536,
+        description="TransE triples per training step (half touching the step's entities, "
+        "half drawn from the whole graph): the step's KG cost, whatever the graph's size.",
+    )
 
     # --- supervision (`mekb up`) ---
     supervisor_max_restarts: int = Field(

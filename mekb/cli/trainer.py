@@ -18,7 +18,8 @@ def trainer(
     ),
     publish_every: int = typer.Option(
         None, "--publish-every", min=0,
-        help="Trained examples between candidate publications (MEKB_TRAINER_PUBLISH_EVERY).",
+        help="Trained examples between candidate publications (MEKB_TRAINER_PUBLISH_EVERY; "
+        "unset: the kind's, EmbedMe 5000, EntityGraph 100000).",
     ),
     refit_interval: float = typer.Option(
         None, "--refit-interval", min=0.001,

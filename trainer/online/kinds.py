@@ -34,7 +34,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -75,6 +75,7 @@ class OnlineKind(Protocol):
     weights_dir: str  # directory of a full bundle holding the trainer's weights
     default_batch: int  # examples per step unless MEKB_TRAINER_BATCH_SIZE says otherwise
     default_replay: int  # replay steps per step unless MEKB_TRAINER_REPLAY says otherwise
+    default_publish_every: int  # unless MEKB_TRAINER_PUBLISH_EVERY says otherwise
     torch_threads: int  # intra-op threads of the trainer process (0: torch's default)
 
     def pretrained(self) -> Any: ...
@@ -168,6 +169,22 @@ def adam_rows(optimizer: torch.optim.Optimizer, param: Tensor, rows: Tensor,
     param.index_add_(0, rows, exp_avg.div_(denom), alpha=-group["lr"] / (1 - beta1 ** step))
 
 
+def _grow_in_optimizer(optimizer: torch.optim.Optimizer, old: Tensor, new: nn.Parameter,
+                       at: int) -> None:
+    """Point the optimiser at `new`, `old` with rows inserted at `at`: its per-row state
+    gets zero rows there (new rows start with fresh moments, trained ones keep theirs)."""
+    for group in optimizer.param_groups:
+        group["params"] = [new if p is old else p for p in group["params"]]
+    state = optimizer.state.pop(old, None)
+    if state is None:
+        return
+    extra = new.shape[0] - old.shape[0]
+    optimizer.state[new] = {
+        k: torch.cat([v[:at], v.new_zeros((extra, *v.shape[1:])), v[at:]])
+        if isinstance(v, Tensor) and v.dim() >= 1 and v.shape == old.shape else v
+        for k, v in state.items()}
+
+
 def domain_logits(users: Tensor, table: Tensor, domains: Sequence[str],
                   item_domains: Sequence[str]) -> Tensor:
     """users @ items, -inf outside each example's domain (full softmax per domain)."""
@@ -188,6 +205,7 @@ class EmbedMeOnline:
     weights_dir = "embedme"
     default_batch = 16
     default_replay = 0  # a transformer step is too dear to repeat
+    default_publish_every = 5000  # at a CPU's 1-5 examples/s the interval comes first
     torch_threads = 0
 
     def __init__(self, settings: Settings) -> None:
@@ -275,6 +293,9 @@ class EntityGraphOnline:
     # in six runs; one: 0.34-0.40 in nine (one below the quality test's margin) at about
     # 1.4x the rate (docs/benchmarks.md: a replayed step costs as much as a new one)
     default_replay = 3
+    # at 3 000-6 000 examples/s: a gated publication (0.2-0.6 s) every 20-30 s, not
+    # every second or two as EmbedMe's 5 000 would give
+    default_publish_every = 100_000
     # its ops are small (a step is ~10 ms): on 2 shared cores a second intra-op thread
     # mostly waits for the first, and one thread measured 5x the rate of two
     torch_threads = 1
@@ -295,6 +316,14 @@ class EntityGraphOnline:
         self._dom_key: tuple[int, int] | None = None  # `_domain_logits`' item-domain index
         self._dom_rows = torch.zeros(0, dtype=torch.long)
         self._dom_index: dict[str, int] = {}
+        # the knowledge graph (MEKB_TRAINER_KG_DIM > 0, trainer/online/knowledge.py):
+        # built once, on the first poll, for one model
+        self._kg_model: Any = None
+        self._kg_rows: dict[str, int] = {}  # MeKB entity id -> the model's TransE row
+        self._sampler: Any = None  # TripleSampler over the graph's triples
+        self.last_kg_loss: float | None = None  # TransE loss of the last step
+        # where the item agent's edges come from (a function: tests give records)
+        self.item_records: Callable[[], Iterable[bytes]] = self._read_item_entities
 
     def _cache(self, model: Any) -> Any:
         """The entity-vector cache of the title encoder: MEKB_TRAINER_ENCODER, else the
@@ -355,7 +384,8 @@ class EntityGraphOnline:
         encoder = TitleEncoder(s.trainer_encoder)
         self._vectors, self._source = EntityVectorCache(None, encoder), s.trainer_encoder
         config = EntityGraphConfig(dim=s.trainer_dim, encoder=s.trainer_encoder,
-                                   k_star=s.k_star, encoder_fingerprint=encoder.fingerprint)
+                                   k_star=s.k_star, encoder_fingerprint=encoder.fingerprint,
+                                   kg_dim=s.trainer_kg_dim, kg_weight=s.trainer_kg_weight)
         torch.manual_seed(s.trainer_seed)
         return EntityGraph(config, encoder.dim)
 
@@ -364,9 +394,11 @@ class EntityGraphOnline:
         return bool(model.n_entities)
 
     def checkpoint_extra(self, model: Any) -> dict[str, Any]:
+        kg = {} if model.transe is None else {"kg_entity_ids": list(model.kg_entity_ids),
+                                              "kg_relation_ids": list(model.kg_relation_ids)}
         return {"config": {**model.config.to_json(), "vector_dim": model.vector_dim},
                 "entity_ids": list(model.entity_ids),
-                "entity_titles": [self._titles.get(e, "") for e in model.entity_ids]}
+                "entity_titles": [self._titles.get(e, "") for e in model.entity_ids], **kg}
 
     def restore(self, state: TrainerState, weights: dict[str, Tensor]) -> Any:
         from trainer.entitygraph.model import EntityGraph, EntityGraphConfig
@@ -387,6 +419,11 @@ class EntityGraphOnline:
         model.item_table = nn.Parameter(torch.empty_like(weights["item_table"]))
         model.entity_table = nn.Parameter(torch.empty_like(weights["entity_table"]),
                                           requires_grad=model.config.finetune_entities)
+        if "transe.entities.weight" in weights:  # a knowledge-graph-tied model
+            model.attach_kg(int(weights["transe.entities.weight"].shape[0]) - 1,
+                            int(weights["transe.relations.weight"].shape[0]), {},
+                            entity_ids=state.extra.get("kg_entity_ids", ()),
+                            relation_ids=state.extra.get("kg_relation_ids", ()))
         model.load_state_dict(weights, strict=True)
         return model
 
@@ -404,9 +441,65 @@ class EntityGraphOnline:
             group["foreach"] = True
         return optimizer
 
+    def _read_item_entities(self) -> list[bytes]:
+        from trainer.online.knowledge import read_item_entities
+
+        return read_item_entities(self.settings)
+
+    def _ensure_kg(self, model: Any, optimizer: torch.optim.Optimizer) -> None:
+        """Build the knowledge graph once (trainer/online/knowledge.py) and tie the model
+        to it: a model without a TransE part gets one when MEKB_TRAINER_KG_DIM > 0 (its
+        projection starts at zero: the entity vectors do not move until trained); a
+        model with one (checkpoint, registry) keeps its rows, appends the graph's new
+        nodes and relations and links its entities that became nodes. A model that has
+        a TransE part keeps training it even with MEKB_TRAINER_KG_DIM=0 (its config is
+        kept, as every other model setting)."""
+        from dataclasses import replace
+
+        from trainer.online.knowledge import TripleSampler, align, build_graph
+
+        if self._kg_model is model:
+            return
+        self._kg_model = model
+        s = self.settings
+        if model.transe is None and not s.trainer_kg_dim:
+            return
+        graph = build_graph(s, self.item_records())
+        if s.trainer_kg_dim and model.config.kg_weight != s.trainer_kg_weight:
+            model.config = replace(model.config, kg_weight=s.trainer_kg_weight)
+        if model.transe is None:
+            model.config = replace(model.config, kg_dim=s.trainer_kg_dim)
+            al = align(graph, [], [])
+            model.attach_kg(len(al.new_entities), len(al.new_relations), al.entity_rows,
+                            entity_ids=al.new_entities, relation_ids=al.new_relations)
+            # the dense group, in the order make_optimizer gives a restored model
+            optimizer.param_groups[0]["params"].extend(
+                p for n, p in model.named_parameters() if n.startswith(("transe.", "kg_proj.")))
+            linked = int((model.entity_kg_row >= 0).sum())
+        else:
+            transe = model.transe
+            names = list(model.kg_entity_ids)[:transe.n_entities]
+            rel_names = list(model.kg_relation_ids)[:transe.relations.num_embeddings]
+            al = align(graph, names + [""] * (transe.n_entities - len(names)),
+                       rel_names + [""] * (transe.relations.num_embeddings - len(rel_names)))
+            if al.new_entities or al.new_relations:
+                old_e, old_r, n = transe.entities.weight, transe.relations.weight, \
+                    transe.n_entities
+                model.grow_kg(al.new_entities, al.new_relations)
+                _grow_in_optimizer(optimizer, old_e, transe.entities.weight, at=n)
+                _grow_in_optimizer(optimizer, old_r, transe.relations.weight,
+                                   at=old_r.shape[0])
+            linked = model.link_kg(al.entity_rows)
+        self._kg_rows = al.entity_rows
+        self._sampler = TripleSampler(al.triples, model.transe.n_entities)
+        logger.info("knowledge graph tied: %d TransE nodes (%d new), %d relations, %d triples; "
+                    "%d entity rows linked now", model.transe.n_entities, len(al.new_entities),
+                    model.transe.relations.num_embeddings, len(al.triples), linked)
+
     def prepare(self, model: Any, examples: Sequence[Example],
                 optimizer: torch.optim.Optimizer) -> int:
         self._check_encoder(model, optimizer)
+        self._ensure_kg(model, optimizer)
         # the ids without a row, as one C-level set operation (a poll holds ~10^4 ids,
         # almost all known in a steady stream); titles are looked up for those only
         unknown = set().union(*(ex.entity_ids for ex in examples)).difference(model._erow)
@@ -422,7 +515,7 @@ class EntityGraphOnline:
         vectors = self._cache(model).get(list(new), list(new.values()))
         self._titles.update(new)
         old = model.entity_table
-        model.add_entities(list(new), vectors)
+        model.add_entities(list(new), vectors, self._kg_rows)
         if model.entity_table is not old:
             replace_param_in_optimizer(optimizer, old, model.entity_table)
         return len(new)
@@ -490,16 +583,58 @@ class EntityGraphOnline:
         targets = model.item_rows([e.item_id for e in batch])
         return nn.functional.cross_entropy(self._domain_logits(model, users, batch), targets)
 
+    def _kg_triples(self, model: Any, nodes: Tensor, generator: torch.Generator) -> Tensor:
+        """[2T, 3]: MEKB_TRAINER_KG_BATCH triples (half of them incident to `nodes`,
+        trainer/online/knowledge.py) then as many corrupted ones (head or tail replaced,
+        trainer/kgrec/transe.py `corrupt`); [0, 3] without a graph or triples."""
+        from trainer.kgrec.transe import corrupt
+
+        if self._sampler is None or not len(self._sampler):
+            return torch.zeros((0, 3), dtype=torch.long)
+        triples = self._sampler.sample(nodes, self.settings.trainer_kg_batch, generator)
+        return torch.cat([triples, corrupt(triples, model.transe.n_entities, generator)])
+
+    def _dense_kg_step(self, model: Any, batch: Sequence[Example],
+                       optimizer: torch.optim.Optimizer, generator: torch.Generator) -> float:
+        """The plain step (a frozen entity table), plus the TransE loss when tied."""
+        from trainer.kgrec.transe import kg_margin_loss
+
+        rec = self.loss(model, batch, generator)
+        loss = rec
+        transe = model.transe
+        if transe is not None:
+            both = self._kg_triples(model, torch.zeros(0, dtype=torch.long), generator)
+            if len(both):
+                dist = transe.distance(both)
+                half = len(both) // 2
+                kg = kg_margin_loss(dist[:half], dist[half:], model.config.kg_margin)
+                loss = rec + model.config.kg_weight * kg
+                self.last_kg_loss = float(kg.detach())
+        dense_step(model, loss, optimizer)
+        if transe is not None:
+            transe.renorm()
+        return float(rec.detach())
+
     def step(self, model: Any, batch: Sequence[Example], optimizer: torch.optim.Optimizer,
              generator: torch.Generator) -> float:
         """The step on the batch's entities only: their rows are gathered once into a
         leaf [U, H] that the tower reads through `encode_unique`, and Adam updates only
         those rows of the entity table (`adam_rows`: SparseAdam's lazy moments) — no
-        backward into, nor optimiser pass over, the whole table. A table that is
-        knowledge-graph-tied or frozen takes the plain step."""
+        backward into, nor optimiser pass over, the whole table. A frozen table takes
+        the plain step.
+
+        Knowledge-graph-tied: the TransE rows of the batch's linked entities and of a
+        fixed sample of triples (with their corruptions) are gathered the same way into
+        one leaf; the tower reads entity row + kg_proj(TransE row) (`encode_unique` with
+        `kg_vectors`: the tie is never materialised per entity), the loss adds kg_weight
+        x the TransE margin loss of the sample, and Adam and the unit-ball
+        renormalisation touch only those TransE rows. Returns the recommendation loss
+        (the TransE loss: `last_kg_loss`)."""
+        from trainer.kgrec.transe import kg_margin_loss, transe_distance
+
         table = model.entity_table
-        if model.transe is not None or not table.requires_grad:
-            return dense_step(model, self.loss(model, batch, generator), optimizer)
+        if not table.requires_grad:
+            return self._dense_kg_step(model, batch, optimizer, generator)
         rows, scores, mask = self._inputs(model, batch)
         mask = self._dropout(model, mask, generator)
         used = rows[mask]
@@ -510,16 +645,42 @@ class EntityGraphOnline:
         else:
             uniq = rows.new_zeros(1)
         sub = table.detach().index_select(0, uniq).requires_grad_()
-        users = model.encode_unique(sub, index, scores, mask)
+        leaves, kg_vectors = [sub], None
+        transe, kg = model.transe, None
+        if transe is not None:
+            kg_of = model.entity_kg_row.index_select(0, uniq)
+            both = self._kg_triples(model, kg_of, generator)
+            ktable = transe.entities.weight
+            kuniq, kinv = torch.unique(torch.cat([kg_of.clamp(min=0), both[:, 0], both[:, 2]]),
+                                       return_inverse=True)
+            ksub = ktable.detach().index_select(0, kuniq).requires_grad_()
+            leaves.append(ksub)
+            kvec = ksub.index_select(0, kinv)
+            u, m = len(uniq), len(both)
+            kg_vectors = kvec[:u] * (kg_of >= 0).to(kvec.dtype).unsqueeze(-1)
+            if m:
+                dist = transe_distance(kvec[u:u + m], transe.relations(both[:, 1]),
+                                       kvec[u + m:], transe.p)
+                kg = kg_margin_loss(dist[:m // 2], dist[m // 2:], model.config.kg_margin)
+        users = model.encode_unique(sub, index, scores, mask, kg_vectors)
         targets = model.item_rows([e.item_id for e in batch])
         loss = nn.functional.cross_entropy(self._domain_logits(model, users, batch), targets)
+        total = loss if kg is None else loss + model.config.kg_weight * kg
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        rest = [p for p in model.parameters() if p is not table]
-        torch.nn.utils.clip_grad_norm_([*rest, sub], GRAD_CLIP)  # the dense step's norm
-        optimizer.step()  # the table has no .grad: Adam skips it, adam_rows updates it
+        total.backward()
+        sparse = {id(table)} | ({id(transe.entities.weight)} if transe is not None else set())
+        rest = [p for p in model.parameters() if id(p) not in sparse]
+        torch.nn.utils.clip_grad_norm_([*rest, *leaves], GRAD_CLIP)  # the dense step's norm
+        optimizer.step()  # the tables have no .grad: Adam skips them, adam_rows updates them
         if sub.grad is not None:
             adam_rows(optimizer, table, uniq, sub.grad)
+        if transe is not None:
+            if ksub.grad is not None:
+                adam_rows(optimizer, ktable, kuniq, ksub.grad)
+            with torch.no_grad():  # TransE's unit ball, on the rows this step moved
+                ktable.index_copy_(0, kuniq, ktable.index_select(0, kuniq).renorm(2, 0, 1.0))
+            if kg is not None:
+                self.last_kg_loss = float(kg.detach())
         return float(loss.detach())
 
     def user_embeddings(self, model: Any, examples: Sequence[Example]) -> np.ndarray:

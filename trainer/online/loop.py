@@ -126,6 +126,8 @@ class OnlineTrainer:
         self.batch_size = settings.trainer_batch_size or self.kind.default_batch
         self.replay = settings.trainer_replay if settings.trainer_replay is not None \
             else self.kind.default_replay
+        self.publish_every = settings.trainer_publish_every \
+            if settings.trainer_publish_every is not None else self.kind.default_publish_every
         if optimizer_state is not None:
             try:
                 self.optimizer.load_state_dict(optimizer_state)
@@ -326,7 +328,7 @@ class OnlineTrainer:
         if self.registry.active_version() is None:
             # serving waits for a first version (EntityGraph: once it has entity rows)
             return self.publish_full(now) if self.kind.can_serve(self.model) else None
-        if (s.trainer_publish_every and self.since_publish >= s.trainer_publish_every) or (
+        if (self.publish_every and self.since_publish >= self.publish_every) or (
             s.trainer_publish_interval_s and self.since_publish
             and now - self.last_publish_try >= s.trainer_publish_interval_s
         ):
