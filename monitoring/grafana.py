@@ -87,7 +87,12 @@ TRAINER = Dashboard(
         Panel("Step time p50/p99",
               ((_p50("mekb_trainer_step_duration_seconds"), "p50"),
                (_p99("mekb_trainer_step_duration_seconds"), "p99")), "s"),
-        Panel("Consumer lag", (("max(mekb_trainer_consumer_lag_records)", "lag"),), "short"),
+        Panel("Consumer lag and owed replay",
+              (("max(mekb_trainer_consumer_lag_records)", "lag (records)"),
+               ("max(mekb_trainer_replay_owed_steps)", "replay owed (steps)")), "short",
+              "Replay is owed while the trainer is behind (MEKB_TRAINER_REPLAY_DEFER_LAG) "
+              "and taken when it catches up; a lag that stays high means the trainer "
+              "cannot keep up even without replay."),
         Panel("Item tower age",
               (("time() - max(mekb_trainer_item_tower_published_timestamp_seconds)", "age"),),
               "s", "Refit is hourly by default; alert above 2 h.", "stat"),
@@ -125,8 +130,8 @@ SERVING = Dashboard(
               ((_p50("mekb_serving_batch_size_sequences", "priority"), "{{priority}}"),), "short"),
         Panel("Replica lag", (("max(mekb_serving_replica_lag_records)", "records"),), "short"),
         Panel("Active model version",
-              (("max by (version, kind, provider) (mekb_serving_model_info)",
-                "{{version}} {{kind}} {{provider}}"),), "short", "", "stat"),
+              (("max by (version, kind, model_kind, provider) (mekb_serving_model_info)",
+                "{{version}} {{kind}} {{model_kind}} {{provider}}"),), "short", "", "stat"),
     ),
 )
 

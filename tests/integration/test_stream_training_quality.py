@@ -51,8 +51,8 @@ NEGATIVES = 50
 # (n = 1036); a learning rate of 3e-3 instead of 1e-3 gave 0.348, below popularity.
 MARGIN = 0.05
 # EntityGraph on the default world (see its test): small steps, as the stream is short.
-# Margin: five runs with the kind's defaults (replay 3) gave 0.371-0.400 against
-# popularity's 0.332 (n = 410); one pass without replay gave 0.33-0.35.
+# Margin: eleven runs with the kind's defaults (replay 3) gave 0.368-0.420 against
+# popularity's 0.332 (n = 410); one pass without replay gave 0.32-0.36 (docs/benchmarks.md).
 EG_BATCH = "32"
 EG_MARGIN = 0.03
 
