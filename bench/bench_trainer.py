@@ -15,6 +15,11 @@
 
     python bench/bench_trainer.py [--steps 6] [--repeat 3] [--max-tokens 64]
     python bench/bench_trainer.py --continuous [--repeat 3]
+    python bench/bench_trainer.py --continuous --kg [--repeat 3]
+
+`--kg`: EntityGraph's continuous rate with a knowledge graph tied (MEKB_TRAINER_KG_DIM 32,
+a store of --kg-nodes nodes / --kg-triples random triples + the items' edges, TransE on
+MEKB_TRAINER_KG_BATCH triples per step) vs without, interleaved in the same run.
 """
 
 from __future__ import annotations
@@ -144,7 +149,7 @@ def _online_stream(n: int, seed: int, n_entities: int = 4000, per_user: int = 30
     return out
 
 
-def _online_trainer(kind: str, tmp: Path):
+def _online_trainer(kind: str, tmp: Path, **over):
     from prometheus_client import CollectorRegistry
 
     from mekb.registry import Registry
@@ -158,7 +163,7 @@ def _online_trainer(kind: str, tmp: Path):
     settings = Settings(data_dir=tmp, model_kind=kind, trainer_max_tokens=64, trainer_dim=64,
                         trainer_publish_every=0, trainer_publish_interval_s=0,
                         trainer_refit_interval_s=1e9, trainer_checkpoint_interval_s=1e9,
-                        trainer_holdout_fraction=0.05)
+                        trainer_holdout_fraction=0.05, **over)
     k = online_kind(kind, settings)
     store = CheckpointStore(checkpoint_dir(state_dir(settings), kind))
     start = load_start(settings, store, Registry(tmp / "registry"), model_config(settings), k)
@@ -200,6 +205,46 @@ def bench_continuous(args) -> dict:
     return out
 
 
+def _kg_inputs(tmp: Path, args, n_entities: int = 4000, n_items: int = 500):
+    """A store (the stream's kb:e* entities among --kg-nodes nodes, --kg-triples random
+    triples over 10 relations) and item-entities records (each item → 5 entities)."""
+    import numpy as np
+
+    from kg.graph import KnowledgeGraph
+    from streams.catalog import LinkedItem
+
+    rng = np.random.default_rng(0)
+    nodes = tuple(f"kb:e{i}" for i in range(args.kg_nodes))
+    triples = np.stack([rng.integers(args.kg_nodes, size=args.kg_triples),
+                        rng.integers(10, size=args.kg_triples),
+                        rng.integers(args.kg_nodes, size=args.kg_triples)], axis=1)
+    store = KnowledgeGraph(nodes, tuple(f"r{i}" for i in range(10)), triples, {}).save(
+        tmp / "kg.npz")
+    items = [LinkedItem(f"i{i}", "action", tuple(
+        (f"kb:e{e}", f"entity {e}", 1.0) for e in rng.choice(n_entities, 5, replace=False)),
+        "d").encode() for i in range(n_items)]
+    return store, items
+
+
+def bench_kg(args) -> dict:
+    """EntityGraph without and with a tied knowledge graph, interleaved per seed."""
+    rates: dict[str, list[float]] = {"off": [], "kg": []}
+    with tempfile.TemporaryDirectory() as kg_tmp:
+        store, items = _kg_inputs(Path(kg_tmp), args)
+        for seed in range(args.repeat):
+            for mode in ("off", "kg"):
+                over = {"trainer_kg_dim": 32, "trainer_kg_path": store} if mode == "kg" else {}
+                with tempfile.TemporaryDirectory() as tmp:
+                    torch.manual_seed(seed)
+                    trainer = _online_trainer("entitygraph", Path(tmp), **over)
+                    trainer.kind.item_records = lambda: items
+                    _feed(trainer, _online_stream(args.eg_examples, seed + 100))
+                    rates[mode].append(_feed(trainer, _online_stream(args.eg_examples, seed)))
+    return {mode: statistics.median(r) for mode, r in rates.items()} | {
+        "ratio": statistics.median(k / o for k, o in zip(rates["kg"], rates["off"],
+                                                           strict=True))}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=6)
@@ -214,6 +259,10 @@ def main() -> None:
                    help="only the continuous trainer: EntityGraph vs EmbedMe")
     p.add_argument("--embedme-examples", type=int, default=64)
     p.add_argument("--eg-examples", type=int, default=20000)
+    p.add_argument("--kg", action="store_true",
+                   help="with --continuous: EntityGraph with a knowledge graph vs without")
+    p.add_argument("--kg-nodes", type=int, default=50_000)
+    p.add_argument("--kg-triples", type=int, default=200_000)
     args = p.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     print(f"device: cpu, torch threads {torch.get_num_threads()}")
@@ -221,6 +270,13 @@ def main() -> None:
         from mekb.logs import configure_logging
 
         configure_logging("WARNING", False)
+        if args.kg:
+            k = bench_kg(args)
+            print(f"continuous trainer entitygraph: {k['off']:.0f} examples/s without a KG, "
+                  f"{k['kg']:.0f}/s with one (kg_dim 32, {args.kg_nodes} nodes, "
+                  f"{args.kg_triples} triples); ratio {k['ratio']:.2f} (median of "
+                  f"{args.repeat}, {args.eg_examples} examples each)")
+            return
         c = bench_continuous(args)
         for kind, r in c.items():
             extra = (f"; first pass incl. encoding 4000 entity titles "

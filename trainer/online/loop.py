@@ -272,6 +272,9 @@ class OnlineTrainer:
         self.since_checkpoint += len(batch)
         self.metrics.steps.inc()
         self.metrics.loss.set(value)
+        kg_loss = getattr(self.kind, "last_kg_loss", None)
+        if kg_loss is not None:
+            self.metrics.kg_loss.set(kg_loss)
         self.metrics.examples.labels("trained").inc(len(batch))
         self.metrics.step_seconds.observe(time.perf_counter() - started)
         return value

@@ -30,6 +30,9 @@ class TrainerMetrics:
         self.loss = Gauge(
             "mekb_trainer_loss", "Full-softmax loss of the last fine-tuning step.",
             registry=registry)
+        self.kg_loss = Gauge(
+            "mekb_trainer_kg_loss", "TransE margin loss of the last step's knowledge-graph "
+            "triples (EntityGraph with MEKB_TRAINER_KG_DIM > 0).", registry=registry)
         self.step_seconds = Histogram(
             "mekb_trainer_step_duration_seconds", "Wall time of one fine-tuning step.",
             buckets=STEP_BUCKETS, registry=registry)
