@@ -186,7 +186,9 @@ class _HttpMiddleware:
       unread; a chunked (or lying) body is counted as it streams and refused with 413
       the moment it crosses the limit, so at most `max_body` bytes are ever buffered.
     A refusal with the body not fully read says `Connection: close`, so the server
-    drops the connection instead of draining the rest of an upload."""
+    drops the connection instead of draining the rest of an upload (after a short
+    lingering close, serving/server.py, so that the client reads the answer rather than
+    a TCP reset)."""
 
     def __init__(self, app: Any, service: EmbeddingService, max_body: int,
                  body_keys: tuple[str, ...]) -> None:

@@ -167,7 +167,7 @@ def run(settings: Settings) -> None:
 
     server = build(settings)
     loop = "uvloop" if _has("uvloop") else "asyncio"
-    http = "httptools" if _has("httptools") else "h11"
+    http = _http_protocol("httptools" if _has("httptools") else "h11")
     uv = _Uvicorn(uvicorn.Config(
         server.app, host=settings.serving_host, port=settings.serving_port, loop=loop,
         http=http, access_log=False, log_config=None, timeout_graceful_shutdown=10,
@@ -204,6 +204,99 @@ def _uvicorn_server() -> Any:
 
 def _Uvicorn(config: Any) -> Any:  # noqa: N802 - a class factory used like a class
     return _uvicorn_server()(config)
+
+
+# Lingering close, as nginx and Apache do it. The API refuses some requests before
+# reading their body (401/413 with `Connection: close`, serving/app.py `_HttpMiddleware`),
+# and uvicorn then closes the socket with the rest of the upload unread in the kernel's
+# receive buffer. A close with unread data makes the kernel send a TCP reset instead of a
+# FIN: a client still sending gets ECONNRESET/EPIPE on its next write and most stop there
+# without reading the answer (some TCP stacks even drop the received answer on a reset).
+# So such a close half-closes instead (the FIN follows the answer), then reads and
+# discards what the client still sends until the client closes its side, LINGER_S
+# passes or LINGER_BYTES were discarded, whichever comes first. Memory stays flat.
+LINGER_S = 2.0
+# Above what the two socket buffers can already hold when the answer goes out (the
+# tcp_rmem + tcp_wmem maxima: 10 MiB with Linux's defaults, ~36 MiB on hosts tuned for
+# fast links), so a client that stops sending when it sees the answer is not cut off by
+# it; on a fast link it bounds the reading a refused connection costs before LINGER_S.
+LINGER_BYTES = 64 << 20
+
+
+class _LingeringTransport:
+    """The transport as uvicorn's protocol sees it. uvicorn closes the connection itself
+    right after an answer's last byte (the app's `send` cannot keep it open), so this is
+    where a close can linger: close() goes to the protocol's `_close`, and uvicorn sees a
+    lingering connection as closing (no keep-alive, no further request)."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: _LingeringClose) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        self._protocol._close()
+
+    def is_closing(self) -> bool:
+        return self._protocol._linger is not None or self._transport.is_closing()
+
+
+class _LingeringClose:
+    """Mixed into uvicorn's HTTP protocol class (httptools or h11: both call
+    `transport.close()` after a `Connection: close` answer and keep the request's state in
+    `self.cycle`): lingers when that answer went out before the request body was all read.
+    The client's EOF ends the lingering early: uvicorn's eof_received returns None, so
+    the transport closes itself."""
+
+    _linger: asyncio.TimerHandle | None = None
+    _discarded = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self._raw = transport
+        super().connection_made(_LingeringTransport(transport, self))  # type: ignore[misc]
+
+    def _close(self) -> None:
+        cycle = getattr(self, "cycle", None)
+        unread = cycle is not None and cycle.response_complete and cycle.more_body
+        if (self._linger is not None or not unread or self._raw.is_closing()
+                or not self._raw.can_write_eof()):
+            # nothing unread, a second close (server shutdown) or no half-close (TLS)
+            self._raw.close()
+            return
+        self._raw.write_eof()
+        self.flow.resume_reading()  # type: ignore[attr-defined]  # uvicorn paused it
+        self._linger = self.loop.call_later(  # type: ignore[attr-defined]
+            LINGER_S, self._raw.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self._linger is None:
+            super().data_received(data)  # type: ignore[misc]
+            return
+        # Discarded, not parsed: the connection answers nothing more.
+        self._discarded += len(data)
+        if self._discarded > LINGER_BYTES:
+            self._raw.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+def _http_protocol(name: str) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol `name` ("httptools" or "h11") with the lingering close."""
+    base: type[asyncio.Protocol]
+    if name == "httptools":
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        base = HttpToolsProtocol
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        base = H11Protocol
+    return type(f"Lingering{base.__name__}", (_LingeringClose, base), {})
 
 
 def _has(module: str) -> bool:

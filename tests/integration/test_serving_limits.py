@@ -1,7 +1,9 @@
 """`mekb serve` as a real process under abuse and outage (issue 17, points 4, 7, 8):
 
 - a flood of large chunked uploads (no key, and with a key) is answered 401/413
-  without the server reading the bodies, its resident memory stays flat;
+  without the server reading the bodies, its resident memory stays flat; the server
+  then lingers (reads and drops for at most LINGER_S) so the client reads the answer
+  and a clean close, not a reset;
 - the broker stops answering: /readyz turns 503 with `replica_stale: true` and back
   to 200 when it answers again; the broker dies: the Kafka clients' error lines in
   the server's log are rate-limited;
@@ -32,6 +34,7 @@ from mekb.broker import EmbeddedBroker, free_port
 from mekb.registry import Registry
 from mekb.settings import Settings
 from mekb.topics import create_topics
+from serving.server import LINGER_S
 from serving.testing import write_tiny_bundle
 from tests.integration.system_helpers import child_env
 from tests.unit.test_serving_openapi import check_declared
@@ -119,9 +122,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def chunked_upload(port: int, key: str | None, total: int,
-                   chunk: int = 64 * 1024) -> tuple[httpx.Response | None, int]:
+                   chunk: int = 64 * 1024) -> tuple[httpx.Response | None, int, str]:
     """POST /v1/users/embeddings with a chunked body of `total` bytes generated as it is
-    sent; stops sending as soon as an answer arrives. Returns (answer, bytes sent)."""
+    sent; stops sending as soon as an answer arrives, then reads until the server closes.
+    Returns (answer, bytes sent, how the connection ended: "eof" or "reset")."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     head = ("POST /v1/users/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
@@ -130,6 +134,7 @@ def chunked_upload(port: int, key: str | None, total: int,
     frame = memoryview(b"%x\r\n" % chunk + b" " * chunk + b"\r\n")
     sent = pos = 0
     answer = b""
+    ended = "eof"
     deadline = time.monotonic() + 60
     sock.setblocking(False)
     try:
@@ -142,36 +147,36 @@ def chunked_upload(port: int, key: str | None, total: int,
                     break
                 answer += data
             elif writable:
-                n = sock.send(frame[pos:])
+                try:
+                    n = sock.send(frame[pos:])
+                except (BrokenPipeError, ConnectionResetError):
+                    # The server stopped reading and reset the connection; its answer
+                    # may still wait in our receive buffer (Linux keeps it): read it.
+                    ended = "reset"
+                    break
                 pos, sent = (pos + n) % len(frame), sent + n
         sock.setblocking(True)
         sock.settimeout(10)
-        while True:  # the rest of the answer (the server closes the connection)
-            head_end = answer.find(b"\r\n\r\n")
-            if head_end >= 0:
-                length = re.search(rb"content-length: (\d+)", answer[:head_end], re.I)
-                if length and len(answer) >= head_end + 4 + int(length.group(1)):
-                    break
-            data = sock.recv(65536)
-            if not data:
-                break
-            answer += data
-    except (BrokenPipeError, ConnectionResetError):
-        pass
+        try:
+            # the rest of the answer, up to the server's close (it says Connection: close)
+            while data := sock.recv(65536):
+                answer += data
+        except ConnectionResetError:
+            ended = "reset"
     finally:
         sock.close()
     if b"\r\n\r\n" not in answer:
-        return None, sent
+        return None, sent, ended
     head_raw, body = answer.split(b"\r\n\r\n", 1)
     lines = head_raw.decode("latin-1").split("\r\n")
     headers = [tuple(x.split(": ", 1)) for x in lines[1:]]
-    return httpx.Response(int(lines[0].split()[1]), headers=headers, content=body), sent
+    return httpx.Response(int(lines[0].split()[1]), headers=headers, content=body), sent, ended
 
 
 def test_large_chunked_flood_is_refused_unread_with_flat_memory(server: Server) -> None:
     total = 64 * MiB
     keys = [None, None, KEY, KEY, None, KEY]  # 6 concurrent uploads, 384 MiB offered
-    results: list[tuple[str | None, httpx.Response | None, int, float]] = []
+    results: list[tuple[str | None, httpx.Response | None, int, str, float]] = []
     peak = [server.rss()]
     baseline = peak[0]
     done = threading.Event()
@@ -182,8 +187,8 @@ def test_large_chunked_flood_is_refused_unread_with_flat_memory(server: Server) 
 
     def one(key: str | None) -> None:
         start = time.monotonic()
-        resp, sent = chunked_upload(server.port, key, total)
-        results.append((key, resp, sent, time.monotonic() - start))
+        resp, sent, ended = chunked_upload(server.port, key, total)
+        results.append((key, resp, sent, ended, time.monotonic() - start))
 
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -195,10 +200,14 @@ def test_large_chunked_flood_is_refused_unread_with_flat_memory(server: Server) 
     done.set()
     sampler.join()
     assert len(results) == len(keys)
-    for key, resp, sent, elapsed in results:
-        assert resp is not None, f"no answer (key={key}, sent {sent} bytes)"
+    for key, resp, sent, ended, elapsed in results:
+        assert resp is not None, f"no answer (key={key}, sent {sent} bytes, {ended})"
         assert resp.status_code == (413 if key else 401), (key, resp.status_code, resp.text)
         assert resp.headers.get("connection") == "close"
+        # the answer, then the server's FIN: it read and dropped the rest of the upload for
+        # a while (lingering close) instead of closing on unread bytes, which resets the
+        # connection and makes a client still sending fail before it reads the answer
+        assert ended == "eof", (key, ended)
         # refused long before the body ended: the old server read all of it first
         assert sent < total // 2, (key, sent)
         assert elapsed < 20, (key, elapsed)
@@ -210,7 +219,30 @@ def test_large_chunked_flood_is_refused_unread_with_flat_memory(server: Server) 
     assert ok.status_code == 200 and ok.json()["embeddings"][0]["cold_start"] is True
     server.seen.append(("post", "/v1/users/embeddings", ok))
     print(f"flood: RSS +{growth / MiB:.1f} MiB; sent before the answer "
-          f"{max(s for _, _, s, _ in results) / MiB:.1f} MiB max of {total / MiB:.0f}")
+          f"{max(s for _, _, s, _, _ in results) / MiB:.1f} MiB max of {total / MiB:.0f}")
+
+
+def test_refusal_lingers_then_closes(server: Server) -> None:
+    """After a refusal with the body unread, the server reads and drops what the client
+    still sends (a client still sending is not reset before it can read the answer),
+    and closes for good LINGER_S later."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        sock.sendall(b"POST /v1/users/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")  # no key: 401 at once
+        answer = b""
+        while data := sock.recv(65536):  # the answer, then the server's FIN
+            answer += data
+        answered = time.monotonic()
+        assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            while time.monotonic() - answered < LINGER_S + 10:  # slow, ignores the answer
+                sock.sendall(b"400\r\n" + b" " * 1024 + b"\r\n")
+                time.sleep(0.05)
+        cut = time.monotonic() - answered
+    finally:
+        sock.close()
+    assert LINGER_S - 0.5 < cut < LINGER_S + 5, cut
 
 
 def test_docs_work_offline_and_statuses_are_declared(server: Server) -> None:
