@@ -2,6 +2,7 @@
 
     nice -n 10 python bench/bench_scale.py [--users 100000] [--items 10000]
         [--events 1000000] [--partitions 4] [--json scale.json] [--model tiny|minilm]
+        [--worker-only | --core]
 
 One run on the embedded Tansu broker (mekb/broker.py) with a generated log:
 - items: each title names one or two of --entities people of a generated alias table
@@ -33,7 +34,9 @@ Measured (bench_streams.WorkerProc and bench_serving.Server start the processes)
    counted apart). --model tiny (default) is the real ONNX Runtime on a tiny tower
    (isolates the replica lookup and service path at this size); --model minilm exports
    the real EmbedMe bundle (bench_serving.build_registry).
-Prints a table and writes the figures as JSON (--json).
+--worker-only stops after 1. (an A/B of the worker); --core measures the MeKB
+partition core alone, in process, on the same log (`core`: where the worker's time
+goes as state grows). Prints a table and writes the figures as JSON (--json).
 """
 
 from __future__ import annotations
@@ -119,7 +122,7 @@ def generate(users: int, items: int, events: int, entities: int, seed: int
         item = {"item_id": f"i{i}", "domain": "action" if i % 3 == 0 else "drama", "ts": 1.0,
                 "title": f"The story of {' and '.join(mentioned)}",
                 "categories": pyrng.sample(CATEGORIES, pyrng.choice((1, 2, 3)))}
-        item_rows.append((item["item_id"].encode(), json.dumps(item).encode()))
+        item_rows.append((f"i{i}".encode(), json.dumps(item).encode()))
     # Heavy-tailed activity: lognormal weights, every user at least one event.
     weights = rng.lognormal(0.0, USER_SIGMA, users)
     per_user = np.maximum(1, np.round(weights / weights.sum() * events)).astype(np.int64)
@@ -274,7 +277,7 @@ def table_memory(settings: Settings) -> dict[str, float]:
         df.apply(key, value)
     df_bytes = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    slots = len(df._partials)  # live (partition, entity) slots: what a worker holds
+    slots = len(df.partials)  # live (partition, entity) slots: what a worker holds
     ents = [len(i.entities) for i in catalog.items.values()]
     return {"items": len(catalog), "item_table_mib": item_bytes / 2**20,
             "bytes_per_item": item_bytes / max(1, len(catalog)),
@@ -425,6 +428,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["users_with_state"] = int(health["users"])
         finally:
             worker.stop()
+        if args.worker_only:
+            return result
         store = settings.data_dir / "streams" / "bench"
         result["rocksdb_mib"] = du(store) / 2**20
         result["rocksdb_bytes_per_user"] = du(store) / max(1, result["users_with_state"])
@@ -448,6 +453,148 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(work, ignore_errors=True)
     return result
 
+
+M_BINS = ((1, 8), (9, 16), (17, 32), (33, 64), (65, 127), (128, 128))
+
+
+def core(args: argparse.Namespace) -> dict[str, Any]:
+    """--core: the MeKB partition core alone, in this process (no broker, no Kafka
+    client): the same log through MeKBPartition.process and one RocksDB WriteBatch per
+    partition and batch (as StreamWorker._process and _write_local do), each batch's df
+    partials applied before the next. µs per event over the first and last 10 % of the
+    batches and the seconds of Python's cyclic GC in each; median µs of the per-user
+    steps whose work grows with the MeKB, by MeKB size M: a training example and a
+    mekb-update (timed on the partitions), a state encoding (timed on every user at
+    the end)."""
+    import gc
+
+    from linker.alias_table import AliasTable
+    from linker.factory import build_linker
+    from serving.sharding import partition_for
+    from streams.catalog import ItemCatalog
+    from streams.config import StreamConfig
+    from streams.dftable import DfTable
+    from streams.items import link_items, prepare
+    from streams.partition import LOCAL, InRecord, MeKBPartition, store_prefix
+    from streams.state.rocksdb import RocksDBStore
+
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-core-"))
+    try:
+        AliasTable.build(work / "alias", [(n, n, 10) for n in people(args.entities)]).close()
+        item_rows, records, shape = generate(args.users, args.items, args.events,
+                                             args.entities, args.seed)
+        settings = Settings(alias_table=work / "alias", data_dir=work / "data")
+        catalog = ItemCatalog()
+        linker = build_linker(settings)
+        batch = prepare([InRecord(i, k, v, "items") for i, (k, v) in enumerate(item_rows)],
+                        0, catalog)
+        catalog.put_many(link_items(linker, batch.to_link))
+        linker.close()
+        store, table = RocksDBStore(work / "state"), DfTable()
+        parts = [MeKBPartition(p, store, StreamConfig.from_settings(settings), catalog, table,
+                               args.partitions) for p in range(args.partitions)]
+        logs: list[list[InRecord]] = [[] for _ in parts]
+        for key, value in records:
+            log = logs[partition_for(key.decode(), args.partitions)]
+            log.append(InRecord(len(log), key, value))
+        del records
+        steps: dict[str, list[tuple[int, float]]] = {"example": [], "update": []}
+
+        def timed(name: str, fn: Any, size: Any) -> Any:
+            def call(*a: Any) -> Any:
+                t = time.perf_counter()
+                out = fn(*a)
+                steps[name].append((size(a), time.perf_counter() - t))
+                return out
+            return call
+
+        for part in parts:
+            part.load()
+            part.example_entities = timed(  # type: ignore[method-assign]
+                "example", part.example_entities, lambda a: len(a[1]))
+            part._update = timed("update", part._update,  # type: ignore[method-assign]
+                                 lambda a: len(a[1].counts))
+        gc_s = [0.0]
+        gc_t = [0.0]
+
+        def on_gc(phase: str, _info: dict[str, int]) -> None:
+            if phase == "start":
+                gc_t[0] = time.perf_counter()
+            else:
+                gc_s[0] += time.perf_counter() - gc_t[0]
+
+        per = max(1, Settings().worker_batch_max // args.partitions)
+        batches: list[tuple[int, float, float]] = []  # events, seconds, GC seconds
+        catalog.take_fresh()
+        gc.callbacks.append(on_gc)
+        bar = progress(sum(map(len, logs)), "core")
+        try:
+            for b in range(-(-max(map(len, logs)) // per)):
+                t, gc0, n = time.perf_counter(), gc_s[0], 0
+                for part, log in zip(parts, logs, strict=True):
+                    chunk = log[b * per:(b + 1) * per]
+                    plan = part.process(chunk, (), 1e9)
+                    prefix = store_prefix(part.partition)
+                    changes = {prefix + k: v for k, v in plan.changes.items()}
+                    changes[prefix + LOCAL] = part.local_value(0)
+                    store.write(changes)
+                    for key, value in plan.df_partials:
+                        table.apply(key, value)
+                    n += len(chunk)
+                batches.append((n, time.perf_counter() - t, gc_s[0] - gc0))
+                bar.update(n)
+        finally:
+            gc.callbacks.remove(on_gc)
+            bar.close()
+        encodes = []
+        for part in parts:
+            for state in part.cache.values():
+                t = time.perf_counter()
+                state.encode()
+                encodes.append((len(state.counts), time.perf_counter() - t))
+        store.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    tenth = max(1, len(batches) // 10)
+    first, last = batches[:tenth], batches[-tenth:]
+
+    def us(rows: list[tuple[int, float, float]], i: int) -> float:
+        return sum(r[i] for r in rows) / sum(r[0] for r in rows) * 1e6
+
+    def by_m(rows: list[tuple[int, float]]) -> dict[str, float]:
+        out = {}
+        for lo, hi in M_BINS:
+            sel = [dt for m, dt in rows if lo <= m <= hi]
+            if sel:
+                out[f"{lo}-{hi}"] = statistics.median(sel) * 1e6
+        return out
+
+    return {"users": args.users, "items": args.items, "events": sum(r[0] for r in batches),
+            "partitions": args.partitions, **shape, "core_batches": len(batches),
+            "core_us_per_event_first_10pct": us(first, 1),
+            "core_us_per_event_last_10pct": us(last, 1),
+            "core_gc_us_per_event_first_10pct": us(first, 2),
+            "core_gc_us_per_event_last_10pct": us(last, 2),
+            "core_example_us_by_m": by_m(steps["example"]),
+            "core_update_us_by_m": by_m(steps["update"]),
+            "core_encode_us_by_m": by_m(encodes)}
+
+
+def by_m_text(figures: dict[str, float]) -> str:
+    return ", ".join(f"M {m}: {us:.0f}" for m, us in figures.items())
+
+
+CORE_ROWS = [
+    ("users / items / events", lambda r: f"{r['users']:,} / {r['items']:,} / {r['events']:,}"),
+    ("µs per event, first 10 % / last 10 % of batches",
+     lambda r: f"{r['core_us_per_event_first_10pct']:.0f} / "
+     f"{r['core_us_per_event_last_10pct']:.0f}"),
+    ("of which cyclic GC", lambda r: f"{r['core_gc_us_per_event_first_10pct']:.1f} / "
+     f"{r['core_gc_us_per_event_last_10pct']:.1f}"),
+    ("median µs per training example", lambda r: by_m_text(r["core_example_us_by_m"])),
+    ("median µs per mekb-update", lambda r: by_m_text(r["core_update_us_by_m"])),
+    ("median µs per state encoding", lambda r: by_m_text(r["core_encode_us_by_m"])),
+]
 
 ROWS = [
     ("users / items / events", lambda r: f"{r['users']:,} / {r['items']:,} / {r['events']:,}"),
@@ -497,17 +644,22 @@ def main() -> None:
     parser.add_argument("--trainer-examples", type=int, default=1_000)
     parser.add_argument("--model", choices=("tiny", "minilm"), default="tiny")
     parser.add_argument("--seed", type=int, default=19)
+    parser.add_argument("--worker-only", action="store_true",
+                        help="stop after 1. (worker throughput): an A/B of the worker")
+    parser.add_argument("--core", action="store_true",
+                        help="only the partition core, in process (see `core`)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--workdir", help="keep the run's files here (default: a temp dir)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     started = time.perf_counter()
-    result = run(args)
+    result = core(args) if args.core else run(args)
     result["wall_s"] = time.perf_counter() - started
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    width = max(len(label) for label, _ in ROWS)
-    for label, fmt in ROWS:
+    rows = CORE_ROWS if args.core else ROWS[:7] if args.worker_only else ROWS
+    width = max(len(label) for label, _ in rows)
+    for label, fmt in rows:
         print(f"{label:<{width}}  {fmt(result)}")
     print(f"{'wall':<{width}}  {result['wall_s']:.0f} s")
 

@@ -160,7 +160,8 @@ def _online_trainer(kind: str, tmp: Path, **over):
     from trainer.online.metrics import TrainerMetrics
     from trainer.online.resume import load_start
 
-    settings = Settings(data_dir=tmp, model_kind=kind, trainer_max_tokens=64, trainer_dim=64,
+    settings = Settings(data_dir=tmp, model_kind=kind,  # type: ignore[arg-type]
+                        trainer_max_tokens=64, trainer_dim=64,
                         trainer_publish_every=0, trainer_publish_interval_s=0,
                         trainer_refit_interval_s=1e9, trainer_checkpoint_interval_s=1e9,
                         trainer_holdout_fraction=0.05, **over)

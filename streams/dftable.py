@@ -14,6 +14,7 @@ from __future__ import annotations
 from streams.codec import dumps, loads
 
 USERS_KEY = ""  # the entity slot that carries n_p
+NO_PARTIAL = (0, 0)  # (seq, value) of a slot never published
 
 
 def partial_key(partition: int, entity: str) -> bytes:
@@ -28,7 +29,8 @@ class DfTable:
     def __init__(self) -> None:
         self.df: dict[str, int] = {}
         self.n_users = 0
-        self._partials: dict[tuple[int, str], tuple[int, int]] = {}
+        # (partition, entity) -> (seq, value): read directly by MeKBPartition's idf view
+        self.partials: dict[tuple[int, str], tuple[int, int]] = {}
 
     def apply(self, key: bytes, value: bytes) -> None:
         """Apply one `df-partials` record (older sequence numbers are ignored)."""
@@ -38,12 +40,12 @@ class DfTable:
 
     def apply_partial(self, partition: int, entity: str, seq: int, value: int) -> None:
         slot = (partition, entity)
-        old_seq, old = self._partials.get(slot, (-1, 0))
+        old_seq, old = self.partials.get(slot, (-1, 0))
         if seq < old_seq:
             return
         # Zeros are kept with their sequence number so an older, larger value is never
         # re-applied over them.
-        self._partials[slot] = (seq, value)
+        self.partials[slot] = (seq, value)
         if entity == USERS_KEY:
             self.n_users += value - old
             return
@@ -54,4 +56,4 @@ class DfTable:
             self.df.pop(entity, None)
 
     def partial(self, partition: int, entity: str) -> int:
-        return self._partials.get((partition, entity), (0, 0))[1]
+        return self.partials.get((partition, entity), NO_PARTIAL)[1]

@@ -39,15 +39,17 @@ wall time or batch boundaries, so a replay or a restore reaches the same state.
 from __future__ import annotations
 
 import base64
+import gc
 import heapq
 import logging
+import math
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from mekb.events import EventError, InteractionEvent, UserDeleteEvent
-from mekb.scoring import RankMemo, idf, rank
+from mekb.scoring import RankMemo, rank
 from streams.catalog import ItemCatalog, LinkedItem
 from streams.codec import (
     UserState,
@@ -58,7 +60,7 @@ from streams.codec import (
     parse_record_fast,
 )
 from streams.config import StreamConfig
-from streams.dftable import USERS_KEY, DfTable, partial_key, partial_value
+from streams.dftable import NO_PARTIAL, USERS_KEY, DfTable, partial_key, partial_value
 from streams.state.base import StateStore
 
 logger = logging.getLogger(__name__)
@@ -139,18 +141,41 @@ def dead_letter(rec: InRecord, partition: int, reason: str, fld: str, error: str
 
 
 class _IdfView(dict[str, float]):
-    """idf(e) as this partition sees it, memoised for one stretch of a batch in which
-    neither the df table (updated between batches) nor df_p (updated at the end of a
-    batch) moves: scoring a MeKB then costs one dict lookup per entity."""
+    """idf(e) as this partition sees it, memoised while neither the df table (updated
+    between batches) nor df_p (updated at the end of a batch) moves: scoring a MeKB
+    then costs one dict lookup per entity. df(e) is the global df with this
+    partition's own, newer contribution (>= 1 for a held entity). It is kept apart
+    (`dfs`) so that the end of a batch, which moves df_p of a few entities and N
+    whenever a user came or went, costs a log per entity the mekb-updates score, not
+    a df lookup again (`moved`); every idf is computed as `mekb.scoring.idf` does."""
 
-    def __init__(self, df_of: Callable[[str], int], n_users: int) -> None:
+    def __init__(self, part: MeKBPartition) -> None:
         super().__init__()
-        self.df_of = df_of
-        self.n_users = n_users
+        table = part.dftable
+        self.partition = part.partition
+        self.df, self.partials, self.df_p = table.df, table.partials, part.df_p
+        self.n_users = part.n_users()
+        self.dfs: dict[str, int] = {}
 
     def __missing__(self, entity: str) -> float:
-        value = self[entity] = idf(self.df_of(entity), self.n_users)
+        # (one call per entity a batch scores: the lookups are inlined)
+        df = self.dfs.get(entity)
+        if df is None:
+            df = self.dfs[entity] = max(1, self.df.get(entity, 0) + self.df_p.get(entity, 0)
+                                        - self.partials.get((self.partition, entity),
+                                                            NO_PARTIAL)[1])
+        n = self.n_users
+        value = self[entity] = math.log(max(n, df) / df)  # idf(df, n): both >= 1
         return value
+
+    def moved(self, entities: Iterable[str], n_users: int) -> None:
+        """df_p of `entities` changed and N is now `n_users`."""
+        for entity in entities:
+            self.dfs.pop(entity, None)
+            self.pop(entity, None)
+        if n_users != self.n_users:
+            self.n_users = n_users
+            self.clear()
 
 
 class MeKBPartition:
@@ -289,12 +314,6 @@ class MeKBPartition:
         return out
 
     # --- lookups -----------------------------------------------------------
-    def df_of(self, entity: str) -> int:
-        """Global df with this partition's own, newer contribution; >= 1 for a held entity."""
-        table = self.dftable
-        value = table.df.get(entity, 0) - table.partial(self.partition, entity)
-        return max(1, value + self.df_p.get(entity, 0))
-
     def n_users(self) -> int:
         table = self.dftable
         return max(1, table.n_users - table.partial(self.partition, USERS_KEY) + self.n_p)
@@ -310,7 +329,7 @@ class MeKBPartition:
     def scored(self, counts: dict[str, float]) -> list[dict[str, object]]:
         view = self._view
         if view is None:
-            view = self._view = _IdfView(self.df_of, self.n_users())
+            view = self._view = _IdfView(self)
         titles, title = self.catalog.titles, self.catalog.title
         return [{"id": e, "title": titles.get(e) or title(e), "k": counts[e],
                  "score": score} for e, score in rank(counts, view.__getitem__, self.config.k_star)]
@@ -323,7 +342,7 @@ class MeKBPartition:
         objects."""
         view = self._view
         if view is None:
-            view = self._view = _IdfView(self.df_of, self.n_users())
+            view = self._view = _IdfView(self)
         limit = self.config.example_entities
         if self.config.decay_half_life_s:
             # Decay re-weighs the whole MeKB at every event: nothing for a memo to keep.
@@ -381,6 +400,23 @@ class MeKBPartition:
         self, records: Iterable[InRecord], fresh_items: Iterable[str] = (),
         now: float | None = None,
     ) -> FlushPlan:
+        # Python's cyclic GC is paused for the batch. A batch makes no reference cycles
+        # (plain dicts, lists, tuples: refcounting frees them), but the objects that
+        # live for the batch (memos, outputs) survive the young collections, and
+        # their count then triggers full collections, each a walk over every user
+        # state in the cache: 30 % of the time of a batch at 2·10⁴ users, more as
+        # the cache grows (docs/benchmarks.md, Scale). Cycles made meanwhile by other
+        # threads wait for the end of the batch.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._process(records, fresh_items, now)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _process(self, records: Iterable[InRecord], fresh_items: Iterable[str],
+                 now: float | None) -> FlushPlan:
         now = time.time() if now is None else now
         plan = FlushPlan(self.partition)
         self._view = None  # the df table may have moved since the last batch
@@ -582,7 +618,8 @@ class MeKBPartition:
                 changed.add(entity_id)
             if bool(after) != bool(was):
                 self.n_p += 1 if after else -1
-        self._view = None  # df_p moved: mekb-updates score with the new values
+        if self._view is not None:  # mekb-updates score with the new values
+            self._view.moved(changed, self.n_users())
         self._memos.clear()
         for entity_id in changed:
             value = self.df_p.get(entity_id, 0)

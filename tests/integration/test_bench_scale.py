@@ -44,3 +44,24 @@ def test_bench_scale_produces_every_figure(tmp_path: Path) -> None:
     assert r["restore_changelog_records"] > 0 and r["restore_dropped_keys"] > 0
     assert r["misses_measured"] > 0 and r["miss_p99_ms"] >= r["miss_p50_ms"]
     assert "cache-miss embedding p50 / p99" in run.stdout  # the printed table
+
+
+def test_bench_scale_core_profiles_the_partition_core(tmp_path: Path) -> None:
+    # --core: the partition core in process (how the worker's slowdown was profiled)
+    out = tmp_path / "core.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEKB_")}
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--core", "--users", "2000", "--items", "500",
+         "--events", "20000", "--entities", "400", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["events"] == 20_000 and r["core_batches"] >= 2  # batches of 10⁴ events
+    assert r["core_us_per_event_first_10pct"] > 0 and r["core_us_per_event_last_10pct"] > 0
+    for key in ("core_example_us_by_m", "core_update_us_by_m", "core_encode_us_by_m"):
+        assert r[key] and all(v > 0 for v in r[key].values()), key
+    # the largest MeKBs measured cost more to rank than ones of a handful of entities
+    updates = r["core_update_us_by_m"]
+    largest = max(updates, key=lambda m: int(m.split("-")[0]))
+    assert largest != "1-8" and updates[largest] > updates["1-8"]
+    assert "median µs per mekb-update" in run.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -324,3 +325,53 @@ def test_examples_default_to_what_the_trainers_model_reads() -> None:
     assert StreamConfig.from_settings(Settings()).example_entities == 64
     assert StreamConfig.from_settings(
         Settings(trainer_max_tokens=64, example_entities=0)).example_entities == 0
+
+
+def test_mekb_updates_score_with_the_df_and_n_after_the_batch() -> None:
+    # The idf view outlives the end of a batch (df_p and N move there); every update
+    # must equal the scores of a partition rebuilt from the store, whose view is new.
+    rng = random.Random(7)
+    h = Harness(StreamConfig(max_entities=6))
+    h.df.apply_partial(1, "kb:E3", 1, 4)  # another partition's users
+    h.df.apply_partial(1, "", 1, 9)
+    for i in range(20):
+        h.catalog.put(item(f"i{i}", *[(f"kb:E{rng.randrange(12)}", 1.0)
+                                      for _ in range(rng.randint(1, 3))]))
+    updates = 0
+    for batch in range(5):
+        plan = h.run([ev(f"b{batch}e{j}", f"u{rng.randrange(8 + 4 * batch)}",
+                         f"i{rng.randrange(20)}") for j in range(40)])
+        fresh = h.new_partition()
+        for update in h.outputs(plan, "mekb-updates"):
+            want = fresh.scored(fresh.user(str(update["user_id"])).counts)
+            assert update["entities"] == want and update["n_users"] == fresh.n_users()
+            updates += 1
+    assert updates > 30
+
+
+def test_a_batch_runs_without_cyclic_gc_and_leaves_it_as_it_was() -> None:
+    import gc
+
+    h = Harness()
+    h.catalog.put(item("i", ("kb:A", 1.0)))
+    during: list[bool] = []
+    apply = h.part._apply
+
+    def spy(*args: Any, **kwargs: Any) -> None:
+        during.append(gc.isenabled())
+        apply(*args, **kwargs)
+
+    h.part._apply = spy  # type: ignore[method-assign]
+    assert gc.isenabled()
+    h.run([ev("e1", "u", "i")])
+    assert during == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        h.run([ev("e2", "u", "i")])
+        assert not gc.isenabled()  # an application that disabled it keeps it disabled
+    finally:
+        gc.enable()
+    h.part._apply = None  # type: ignore[assignment,method-assign]
+    with pytest.raises(TypeError):
+        h.run([ev("e3", "u", "i")])
+    assert gc.isenabled()
