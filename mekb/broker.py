@@ -41,10 +41,20 @@ def tansu_binary() -> Path:
     return path
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    """A loopback port free now and never returned before by this process: the kernel
+    can give the same ephemeral port to two binds in a row, and two components handed
+    one port clash (one of them cannot bind)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_until_ready(bootstrap: str, timeout_s: float = 20.0) -> None:

@@ -162,6 +162,7 @@ def up(
         **_resolve_ports({"serving_port": serving_port, "worker_port": worker_port,
                           "trainer_port": trainer_port, "monitor_port": monitor_port}),
     )
+    _refuse_port_clash(base)
     data_dir = base.data_dir.resolve()
     log_dir = data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -262,6 +263,19 @@ def _resolve_ports(flags: dict[str, int | None]) -> dict[str, int | None]:
         port = getattr(env, name) if value is None else value
         resolved[name] = free_port() if port == 0 else value
     return resolved
+
+
+def _refuse_port_clash(settings: Settings) -> None:
+    """Two components on one HTTP port: one could not bind, and the other's answers would
+    be taken for its health."""
+    owners: dict[int, list[str]] = {}
+    for name in PORTS:
+        owners.setdefault(int(getattr(settings, name)), []).append(name.removesuffix("_port"))
+    clashes = [f"{' and '.join(names)} on {port}" for port, names in owners.items()
+               if len(names) > 1]
+    if clashes:
+        raise CliError(f"one port for two components: {'; '.join(clashes)} (set "
+                       "--serving-port, --worker-port, --trainer-port, --monitor-port apart)")
 
 
 def _refuse_second_instance(path: Path) -> None:
@@ -365,8 +379,9 @@ def _wait_serving_ready(settings: Settings, supervisor: Supervisor, stop: thread
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 body = json.loads(resp.read() or b"{}")
+            if isinstance(body, dict):
                 return str(body.get("model_version") or body.get("version") or "?")
-        except OSError:
+        except (OSError, ValueError):  # not up yet, or not serving's answer
             pass
         consumed = stall.check() if registry.active_version() is None else None
         if consumed is not None:

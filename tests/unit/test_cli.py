@@ -16,6 +16,13 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_free_ports_are_never_handed_out_twice() -> None:
+    from mekb.broker import free_port
+
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+
+
 def test_help_lists_every_command() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
@@ -58,6 +65,8 @@ def test_exit_code_of_a_command_reaches_the_shell() -> None:
         (("produce", "x", "--type", "bogus"), 1, "--type"),
         (("--log-level", "LOUD", "config"), 1, "--log-level"),
         (("topics", "create"), 1, "no broker"),
+        (("up", "--once", "--serving-port", "45123", "--monitor-port", "45123"), 1,
+         "serving and monitor on 45123"),
     ],
 )
 def test_bad_arguments_get_one_line(args: tuple[str, ...], code: int, needle: str) -> None:
