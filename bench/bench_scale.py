@@ -56,6 +56,7 @@ import time
 import tracemalloc
 import urllib.request
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_serving  # noqa: E402
 import bench_streams  # noqa: E402
-from bench_streams import WorkerProc, cpu_seconds  # noqa: E402
+from bench_streams import WorkerProc, cpu_seconds, peak_rss_mib  # noqa: E402
 
 from mekb.broker import EmbeddedBroker  # noqa: E402
 from mekb.settings import Settings  # noqa: E402
@@ -108,9 +109,15 @@ def people(n: int) -> list[str]:
     return names[:n]
 
 
+CHUNK = 200_000  # interaction records encoded (and produced) at a time
+
+
 def generate(users: int, items: int, events: int, entities: int, seed: int
-             ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], dict[str, Any]]:
-    """(item records, interaction records, shape of the log)."""
+             ) -> tuple[list[tuple[bytes, bytes]], Iterator[list[tuple[bytes, bytes]]],
+                        dict[str, Any]]:
+    """(item records, interaction records in chunks of CHUNK, shape of the log). The
+    interactions are encoded chunk by chunk as they are consumed, so a log of 10^7
+    events is never held in this process at once (its JSON would take gigabytes)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -133,26 +140,32 @@ def generate(users: int, items: int, events: int, entities: int, seed: int
     item_of = rng.choice(items, size=len(order), p=ranks / ranks.sum())
     negative = rng.random(len(order)) < 0.1
     domains = ["action" if i % 3 == 0 else "drama" for i in range(items)]
-    records = []
-    bar = progress(len(order), "generate")
-    for n, (u, it, neg) in enumerate(zip(order.tolist(), item_of.tolist(), negative.tolist(),
-                                         strict=True)):
-        user = f"u{u}"
-        records.append((user.encode(), json.dumps({
-            "event_id": f"e{n}", "user_id": user, "item_id": f"i{it}", "domain": domains[it],
-            "action": "rate", "ts": 1000.0 + n, "rating": 2.0 if neg else 5.0,
-        }).encode()))
-        if n % 50_000 == 0:
-            bar.update(min(50_000, len(order) - n))
-    bar.close()
+
+    def chunks() -> Iterator[list[tuple[bytes, bytes]]]:
+        bar = progress(len(order), "generate")
+        for lo in range(0, len(order), CHUNK):
+            records = []
+            for n, u, it, neg in zip(range(lo, lo + CHUNK), order[lo:lo + CHUNK].tolist(),
+                                     item_of[lo:lo + CHUNK].tolist(),
+                                     negative[lo:lo + CHUNK].tolist(), strict=False):
+                user = f"u{u}"
+                records.append((user.encode(), json.dumps({
+                    "event_id": f"e{n}", "user_id": user, "item_id": f"i{it}",
+                    "domain": domains[it], "action": "rate", "ts": 1000.0 + n,
+                    "rating": 2.0 if neg else 5.0,
+                }).encode()))
+            bar.update(len(records))
+            yield records
+        bar.close()
+
     counts = np.bincount(order, minlength=users)
-    shape = {"users_with_events": int((counts > 0).sum()),
+    shape = {"events": len(order), "users_with_events": int((counts > 0).sum()),
              "events_per_user_p50": float(np.median(counts[counts > 0])),
              "events_per_user_p99": float(np.percentile(counts[counts > 0], 99)),
              "events_per_user_max": int(counts.max()),
              "top_1pct_items_share": float(np.sort(np.bincount(item_of, minlength=items))[
                  ::-1][:max(1, items // 100)].sum() / len(order))}
-    return item_rows, records, shape
+    return item_rows, chunks(), shape
 
 
 def du(path: Path) -> int:
@@ -396,13 +409,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     alias = work / "alias"
     if not alias.exists():
         AliasTable.build(alias, [(n, n, 10) for n in people(args.entities)]).close()
-    t = time.perf_counter()
-    item_rows, records, shape = generate(args.users, args.items, args.events, args.entities,
-                                         args.seed)
+    item_rows, chunks, shape = generate(args.users, args.items, args.events, args.entities,
+                                        args.seed)
     result: dict[str, Any] = {"users": args.users, "items": args.items,
-                              "events": len(records), "partitions": args.partitions,
-                              "entities": args.entities, "model": args.model, **shape,
-                              "generate_s": time.perf_counter() - t}
+                              "events": shape.pop("events"),
+                              "partitions": args.partitions, "entities": args.entities,
+                              "model": args.model, **shape}
     broker = EmbeddedBroker(log_path=work / "tansu.log").start()
     try:
         settings = Settings(bootstrap_servers=broker.bootstrap_servers, broker_flavor="tansu",
@@ -415,10 +427,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "items linked", timeout_s=600)
         linker.stop()
         t = time.perf_counter()
-        for i in range(0, len(records), 200_000):  # bounded futures per call
-            asyncio.run(bench_streams._produce(settings, "interactions", records[i:i + 200_000]))
-        result["produce_events_s"] = len(records) / (time.perf_counter() - t)
-        del records
+        for records in chunks:  # encoded and produced a chunk at a time (bounded futures)
+            asyncio.run(bench_streams._produce(settings, "interactions", records))
+        result["generate_and_produce_events_s"] = result["events"] / (time.perf_counter() - t)
 
         worker = WorkerProc(settings, alias, work / "worker.log")
         try:
@@ -428,6 +439,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["users_with_state"] = int(health["users"])
         finally:
             worker.stop()
+        # the embedded broker keeps every topic in memory (DESIGN.md), so its size after
+        # the log bounds the largest log one machine can hold
+        result["broker_peak_rss_mib"] = peak_rss_mib(broker.pid)
         if args.worker_only:
             return result
         store = settings.data_dir / "streams" / "bench"
@@ -447,6 +461,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         users = [f"u{u}" for u in range(args.users)]
         result.update(serving(settings, registry, work, users, args.misses))
         result.update(trainer_rate(settings, args.trainer_examples))
+        result["bench_peak_rss_mib"] = peak_rss_mib(os.getpid())
     finally:
         broker.stop()
         if not args.workdir:
@@ -481,7 +496,7 @@ def core(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-scale-core-"))
     try:
         AliasTable.build(work / "alias", [(n, n, 10) for n in people(args.entities)]).close()
-        item_rows, records, shape = generate(args.users, args.items, args.events,
+        item_rows, chunks, shape = generate(args.users, args.items, args.events,
                                              args.entities, args.seed)
         settings = Settings(alias_table=work / "alias", data_dir=work / "data")
         catalog = ItemCatalog()
@@ -494,10 +509,10 @@ def core(args: argparse.Namespace) -> dict[str, Any]:
         parts = [MeKBPartition(p, store, StreamConfig.from_settings(settings), catalog, table,
                                args.partitions) for p in range(args.partitions)]
         logs: list[list[InRecord]] = [[] for _ in parts]
-        for key, value in records:
-            log = logs[partition_for(key.decode(), args.partitions)]
-            log.append(InRecord(len(log), key, value))
-        del records
+        for records in chunks:
+            for key, value in records:
+                log = logs[partition_for(key.decode(), args.partitions)]
+                log.append(InRecord(len(log), key, value))
         steps: dict[str, list[tuple[int, float]]] = {"example": [], "update": []}
 
         def timed(name: str, fn: Any, size: Any) -> Any:
@@ -607,6 +622,7 @@ ROWS = [
     ("CPU µs per event worker / broker",
      lambda r: f"{r['worker_cpu_us_per_event']:.0f} / {r['broker_cpu_us_per_event']:.0f}"),
     ("worker peak RSS", lambda r: f"{r['worker_peak_rss_mib']:,.0f} MiB"),
+    ("broker (in-memory Tansu) peak RSS", lambda r: f"{r['broker_peak_rss_mib']:,.0f} MiB"),
     ("RocksDB on disk / per user",
      lambda r: f"{r['rocksdb_mib']:,.1f} MiB / {r['rocksdb_bytes_per_user']:,.0f} B"),
     ("restore of one partition from its changelog", lambda r: f"{r['restore_partition_s']:.2f}"
@@ -657,7 +673,7 @@ def main() -> None:
     result["wall_s"] = time.perf_counter() - started
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    rows = CORE_ROWS if args.core else ROWS[:7] if args.worker_only else ROWS
+    rows = CORE_ROWS if args.core else ROWS[:8] if args.worker_only else ROWS
     width = max(len(label) for label, _ in rows)
     for label, fmt in rows:
         print(f"{label:<{width}}  {fmt(result)}")

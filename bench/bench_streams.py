@@ -94,6 +94,18 @@ async def _raw_consume(settings: Settings, n: int) -> float:
         await consumer.stop()
 
 
+def peak_rss_mib(pid: int | None) -> float:
+    """Peak resident memory of a running process (Linux /proc, VmHWM)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines() if pid else []
+    except OSError:
+        return float("nan")
+    for line in lines:
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def cpu_seconds(pid: int | None) -> float:
     """User + system CPU seconds of a process so far (Linux /proc)."""
     if pid is None:
@@ -157,10 +169,7 @@ class WorkerProc:
         raise SystemExit(f"timed out waiting for {what}: {self.log.read_text()[-3000:]}")
 
     def peak_rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        return peak_rss_mib(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -36,7 +36,8 @@ def test_bench_scale_produces_every_figure(tmp_path: Path) -> None:
                 "restore_partition_s", "replica_catch_up_s", "replica_disk_mib",
                 "bytes_per_item", "item_table_mib", "df_table_mib", "df_partials",
                 "trainer_first_pass_examples_s", "trainer_steady_examples_s",
-                "miss_p99_ms", "worker_cpu_us_per_event", "worker_peak_rss_mib"):
+                "miss_p99_ms", "worker_cpu_us_per_event", "worker_peak_rss_mib",
+                "broker_peak_rss_mib"):
         assert isinstance(r[key], (int, float)) and math.isfinite(r[key]) and r[key] > 0, key
     # heavy-tailed users, a real share of them with state, one partition really rebuilt
     assert r["events_per_user_max"] > 10 * r["events_per_user_p50"]
