@@ -31,7 +31,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -54,6 +53,7 @@ from mekb.settings import Settings
 from trainer.model import replace_param_in_optimizer
 from trainer.online.checkpoint import TrainerState
 from trainer.online.examples import Example
+from trainer.online.row_adam import adam_rows
 
 logger = logging.getLogger(__name__)
 
@@ -138,35 +138,6 @@ def dense_step(model: nn.Module, loss: Tensor, optimizer: torch.optim.Optimizer)
     torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
     optimizer.step()
     return float(loss.detach())
-
-
-@torch.no_grad()
-def adam_rows(optimizer: torch.optim.Optimizer, param: Tensor, rows: Tensor,
-              grad: Tensor) -> None:
-    """torch.optim.Adam's update of `param`'s `rows` (unique) with their gradient,
-    kept in the optimiser's own state for `param` (checkpointed with it); untouched rows
-    and their moments stay as they are, as torch.optim.SparseAdam does."""
-    group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
-    if group.get("amsgrad") or group.get("maximize"):
-        raise ValueError("adam_rows: amsgrad/maximize are not supported")
-    state = optimizer.state[param]
-    if not state:
-        state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(param),
-                     exp_avg_sq=torch.zeros_like(param))
-    state["step"] += 1
-    step = float(state["step"])
-    beta1, beta2 = group["betas"]
-    if group["weight_decay"]:
-        grad = grad.add(param.index_select(0, rows), alpha=group["weight_decay"])
-    # index_select / index_copy_: row gathers and scatters, several times faster on a
-    # CPU than advanced indexing
-    exp_avg = state["exp_avg"].index_select(0, rows).mul_(beta1).add_(grad, alpha=1 - beta1)
-    exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(
-        grad, grad, value=1 - beta2)
-    state["exp_avg"].index_copy_(0, rows, exp_avg)
-    state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
-    denom = exp_avg_sq.sqrt_().div_(math.sqrt(1 - beta2 ** step)).add_(group["eps"])
-    param.index_add_(0, rows, exp_avg.div_(denom), alpha=-group["lr"] / (1 - beta1 ** step))
 
 
 def _grow_in_optimizer(optimizer: torch.optim.Optimizer, old: Tensor, new: nn.Parameter,
