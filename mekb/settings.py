@@ -388,6 +388,14 @@ class Settings(BaseSettings):
         "passes over the recent window are owed. 0: always replay at once, even if the "
         "trainer falls behind.",
     )
+    trainer_catchup_batch: int | None = Field(
+        default=None, ge=1, le=16384,
+        description="Examples per step while the trainer is behind (more than "
+        "MEKB_TRAINER_REPLAY_DEFER_LAG records wait): a larger step costs less per example, "
+        "so a trainer that fell behind catches up sooner, at the price of fewer updates for "
+        "those examples (their replay is owed as for MEKB_TRAINER_BATCH_SIZE steps). Unset: "
+        "the model kind's (EmbedMe its batch size, EntityGraph 4 x its batch size).",
+    )
     trainer_optimizer: Literal["lamb", "adamw"] = Field(
         default="adamw",
         description="Fine-tuning optimiser of the user tower (the ID table always takes plain "

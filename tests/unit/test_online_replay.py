@@ -17,8 +17,10 @@ def steps(h: Harness) -> float:
 def test_replay_is_owed_while_behind_and_paid_when_caught_up(
     tmp_path: Path, tiny_encoder: str  # noqa: F811
 ) -> None:
+    # (steps of the batch size while behind too: catch-up steps have their own test)
     h = Harness(make_settings(tmp_path, tiny_encoder, trainer_replay=2,
-                              trainer_replay_defer_lag=100, trainer_holdout_fraction=0.0))
+                              trainer_replay_defer_lag=100, trainer_catchup_batch=8,
+                              trainer_holdout_fraction=0.0))
     t = h.trainer
     t.startup()
     # keeping up (40 waiting <= 100): every step on new examples takes its 2 replays
@@ -40,7 +42,10 @@ def test_replay_is_owed_while_behind_and_paid_when_caught_up(
     # caught up: the owed steps are taken (batches from the whole recent window)
     t.set_backlog(0)
     stepped = steps(h)
-    t.process([])
+    for _ in range(4):  # each empty poll pays for up to REPLAY_SLICE_S (>= 1 step)
+        t.process([])
+        if not t.replay_owed:
+            break
     assert t.replay_owed == 0 and h.metric("mekb_trainer_replay_owed_steps") == 0
     assert steps(h) == stepped  # replay steps are not steps on new examples
     assert h.metric("mekb_trainer_examples_total", outcome="replayed") == before + 4 * 8
@@ -101,3 +106,37 @@ def test_records_decoded_ahead_train_as_records_decoded_in_place(
                         h.metric("mekb_trainer_loss"), dict(h.trainer.offsets)))
     assert results[0] == results[1]
     assert results[0][1] == 2  # the bad record and the key-less empty one
+
+
+def test_behind_steps_take_the_catchup_batch_and_owe_replay_per_batch_share(
+    tmp_path: Path, tiny_encoder: str  # noqa: F811
+) -> None:
+    h = Harness(make_settings(tmp_path, tiny_encoder, trainer_replay=1,
+                              trainer_replay_defer_lag=100, trainer_catchup_batch=24,
+                              trainer_recent_window=512, trainer_holdout_fraction=0.0))
+    t = h.trainer
+    t.startup()
+    assert (t.batch_size, t.catchup_batch) == (8, 24)
+    t.set_backlog(500)  # behind: steps of 24, each owing the replay of three batches of 8
+    t.process(stream(48))
+    assert steps(h) == 2
+    assert h.metric("mekb_trainer_examples_total", outcome="trained") == 48
+    assert t.replay_owed == 2 * 3
+    # caught up: steps of 8 again, replayed at once; the owed replay is paid in batches of 8
+    t.set_backlog(0)
+    t.process(stream(16, start=48))
+    t.pay_replay()  # (process pays in slices of REPLAY_SLICE_S)
+    assert steps(h) == 4
+    assert t.replay_owed == 0
+    assert h.metric("mekb_trainer_examples_total", outcome="replayed") == (2 + 6) * 8
+
+
+def test_catchup_batch_defaults_to_the_kinds_factor(tmp_path: Path, tiny_encoder: str  # noqa: F811
+                                                    ) -> None:
+    from trainer.online.kinds import EntityGraphOnline, online_kind, trainer_kind
+
+    settings = make_settings(tmp_path, tiny_encoder)
+    kind = online_kind(trainer_kind(settings), settings)
+    h = Harness(settings)
+    assert h.trainer.catchup_batch == 8 * kind.catchup_factor
+    assert EntityGraphOnline.catchup_factor > 1

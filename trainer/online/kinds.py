@@ -74,6 +74,7 @@ class OnlineKind(Protocol):
     name: str
     weights_dir: str  # directory of a full bundle holding the trainer's weights
     default_batch: int  # examples per step unless MEKB_TRAINER_BATCH_SIZE says otherwise
+    catchup_factor: int  # x the batch while behind, unless MEKB_TRAINER_CATCHUP_BATCH says
     default_replay: int  # replay steps per step unless MEKB_TRAINER_REPLAY says otherwise
     default_publish_every: int  # unless MEKB_TRAINER_PUBLISH_EVERY says otherwise
     torch_threads: int  # intra-op threads of the trainer process (0: torch's default)
@@ -175,6 +176,7 @@ class EmbedMeOnline:
     name = "embedme"
     weights_dir = "embedme"
     default_batch = 16
+    catchup_factor = 1  # a transformer step's cost grows with its batch: nothing to gain
     default_replay = 0  # a transformer step is too dear to repeat
     default_publish_every = 5000  # at a CPU's 1-5 examples/s the interval comes first
     torch_threads = 0
@@ -259,6 +261,9 @@ class EntityGraphOnline:
     weights_dir = "entitygraph"
     # a step's cost is mostly per-step overhead: large steps give thousands of examples/s
     default_batch = 256
+    # behind, steps of 1 024: 1.55x the examples/s of steps of 256 (in-process, new examples
+    # only, 4 000-entity stream, docs/benchmarks.md)
+    catchup_factor = 4
     # one pass over a short stream leaves zero-shot users at popularity's level (default
     # synthetic world: HR@10 0.32-0.36 vs 0.33). Three replayed steps per step: 0.37-0.42
     # in six runs; one: 0.34-0.40 in nine (one below the quality test's margin) at about

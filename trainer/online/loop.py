@@ -124,6 +124,8 @@ class OnlineTrainer:
             torch.set_num_threads(self.kind.torch_threads)
         self.optimizer = self.kind.optimizer(model)
         self.batch_size = settings.trainer_batch_size or self.kind.default_batch
+        self.catchup_batch = settings.trainer_catchup_batch or \
+            self.batch_size * self.kind.catchup_factor
         self.replay = settings.trainer_replay if settings.trainer_replay is not None \
             else self.kind.default_replay
         self.publish_every = settings.trainer_publish_every \
@@ -171,7 +173,7 @@ class OnlineTrainer:
         take owed replay steps for up to REPLAY_SLICE_S when not behind, then
         publish/refit/checkpoint when due. Returns offsets to commit, if any."""
         self.ingest(records)
-        size = self.batch_size
+        size = self.catchup_batch if self.behind else self.batch_size
         while len(self.pending) >= size:
             batch, self.pending = self.pending[:size], self.pending[size:]
             self.train_step(batch)
@@ -263,7 +265,8 @@ class OnlineTrainer:
         for ex in batch:
             self.recent.add(ex)
         if self.behind:
-            self._owe_replay()
+            # a catch-up step owes the replay of each batch-sized share of it
+            self._owe_replay(-(-len(batch) // self.batch_size))
         else:
             self._replay(len(batch), self.replay)
         self.state.step += 1
@@ -295,14 +298,14 @@ class OnlineTrainer:
             self._step([window[i] for i in rows[r].tolist()])
             self.metrics.examples.labels("replayed").inc(size)
 
-    def _owe_replay(self) -> None:
-        """Defer this step's replay. What is owed is capped at `replay` passes over the
-        recent window: under a lasting overload the rest is forgone (and counted), and
-        the trainer trains each new example once."""
+    def _owe_replay(self, steps: int = 1) -> None:
+        """Defer the replay of `steps` batches' worth of new examples. What is owed is
+        capped at `replay` passes over the recent window: under a lasting overload the
+        rest is forgone (and counted), and the trainer trains each new example once."""
         if not self.replay:
             return
         cap = self.replay * max(1, len(self.recent) // self.batch_size)
-        owed = self.replay_owed + self.replay
+        owed = self.replay_owed + self.replay * steps
         if owed > cap:
             self.metrics.examples.labels("replay_forgone").inc((owed - cap) * self.batch_size)
             owed = cap

@@ -144,7 +144,7 @@ async def run(settings: Settings, trainer: OnlineTrainer, health: Health,
         logger.info("trainer consuming %s partitions %s from %s", topic, parts,
                     {tp.partition: trainer.offsets.get(_key(topic, tp.partition))
                      for tp in tps})
-        max_records = max(64, trainer.batch_size * 4)
+        max_records = max(64, trainer.batch_size * 4, trainer.catchup_batch)
         recreated = _watch(settings, topic, current, stop)
         # One poll trains (in a thread) while the next is fetched and decoded here: the
         # step's torch kernels release the GIL, so the decoding takes the other core.
