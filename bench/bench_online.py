@@ -32,9 +32,11 @@ vocabulary, MiniLM title vectors; a first pass of 2 000 examples gives every ent
 its row (titles encoded once, batched) and the first version is published; the rate is
 trained examples / wall time from the first poll after that pass to the end of the last
 training call (the drain of a last partial batch, after an empty poll, included). EmbedMe
-(MiniLM, 64 tokens, batch 16): the same from its first poll on. EntityGraph runs twice:
-as configured (replay deferred while behind the stream, then taken: the time that takes
-after the backlog is printed) and with MEKB_TRAINER_REPLAY_DEFER_LAG=0 (replay at once).
+(MiniLM, 64 tokens, batch 16): the same from its first poll on. EntityGraph runs three times:
+as configured (while behind the stream: replay deferred, then taken — the time that
+takes after the backlog is printed — and catch-up steps of MEKB_TRAINER_CATCHUP_BATCH),
+with steps of its batch size while behind, and with MEKB_TRAINER_REPLAY_DEFER_LAG=0
+(replay at once, never behind).
 """
 
 from __future__ import annotations
@@ -162,8 +164,9 @@ def kind_stream(n: int, seed: int, n_entities: int = 4000, per_example: int = 30
 def run_kind_through_broker(bootstrap: str, kind: str, warm: int, n: int, seed: int,
                             data_dir: Path, replay: int | None = None,
                             batch: int | None = None,
-                            defer_lag: int | None = None) -> dict[str, float]:
-    """One trainer of `kind` over warm + n records pre-produced into a fresh topic."""
+                            over: dict[str, int] | None = None) -> dict[str, float]:
+    """One trainer of `kind` over warm + n records pre-produced into a fresh topic
+    (`over`: settings that differ from the kind's defaults)."""
     import asyncio
 
     import torch
@@ -188,7 +191,7 @@ def run_kind_through_broker(bootstrap: str, kind: str, warm: int, n: int, seed: 
         trainer_publish_interval_s=0,
         trainer_refit_interval_s=1e9, trainer_checkpoint_interval_s=1e9,
         trainer_holdout_fraction=0.05, trainer_replay=replay, trainer_batch_size=batch,
-        **({} if defer_lag is None else {"trainer_replay_defer_lag": defer_lag}))
+        **(over or {}))
     create_topics(settings)
     producer = KafkaProducer(**kafka_python_config(settings), linger_ms=5,
                              batch_size=256 * 1024)
@@ -298,15 +301,21 @@ def bench_kinds(args: argparse.Namespace) -> None:
     import torch
 
     from mekb.broker import EmbeddedBroker
+    from trainer.online.kinds import EntityGraphOnline
 
     threads = torch.get_num_threads()
-    # EntityGraph as configured (replay deferred while behind), EntityGraph replaying at
-    # once (MEKB_TRAINER_REPLAY_DEFER_LAG=0, the behaviour before deferral) and EmbedMe
-    variants = {"entitygraph": None, "entitygraph-replay-at-once": 0, "embedme": None}
+    # EntityGraph as configured (replay deferred and catch-up steps while behind), with
+    # steps of its batch size while behind (MEKB_TRAINER_CATCHUP_BATCH = the batch),
+    # replaying at once (MEKB_TRAINER_REPLAY_DEFER_LAG=0: never behind, the behaviour
+    # before either) and EmbedMe
+    batch = args.eg_batch or EntityGraphOnline.default_batch
+    variants: dict[str, dict[str, int]] = {
+        "entitygraph": {}, "entitygraph-no-catchup": {"trainer_catchup_batch": batch},
+        "entitygraph-replay-at-once": {"trainer_replay_defer_lag": 0}, "embedme": {}}
     results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     with EmbeddedBroker() as broker:
         for seed in range(args.repeat):  # variants interleaved: the same load for all
-            for label, defer_lag in variants.items():
+            for label, over in variants.items():
                 kind = label.split("-")[0]
                 torch.set_num_threads(threads)  # a kind may set its own (torch_threads)
                 warm, n = (2000, args.eg_examples) if kind == "entitygraph" else \
@@ -314,7 +323,7 @@ def bench_kinds(args: argparse.Namespace) -> None:
                 with tempfile.TemporaryDirectory() as tmp:
                     r = run_kind_through_broker(
                         broker.bootstrap_servers, kind, warm, n, seed, Path(tmp),
-                        *((args.eg_replay, args.eg_batch, defer_lag)
+                        *((args.eg_replay, args.eg_batch, over)
                           if kind == "entitygraph" else ()))
                 results[label].append(r)
                 print(f"  run {seed} {label}: {r['rate']:.1f} examples/s, "
@@ -333,8 +342,10 @@ def bench_kinds(args: argparse.Namespace) -> None:
         print(f"continuous trainer {label} through the broker: {med[label]:.1f} examples/s "
               f"(median of {len(runs)}: {rates}), {cpu:.0f} per CPU-second; batch "
               f"{r['batch']:.0f}, replay {r['replay']:.0f}, torch threads {r['threads']:.0f}")
-    print(f"EntityGraph / EmbedMe: {med['entitygraph'] / med['embedme']:.0f}x; deferred / "
-          f"at-once replay: {med['entitygraph'] / med['entitygraph-replay-at-once']:.2f}x")
+    print(f"EntityGraph / EmbedMe: {med['entitygraph'] / med['embedme']:.0f}x; catch-up "
+          f"steps / steps of the batch: {med['entitygraph'] / med['entitygraph-no-catchup']:.2f}x;"
+          f" deferred / at-once replay: "
+          f"{med['entitygraph'] / med['entitygraph-replay-at-once']:.2f}x")
 
 
 def main() -> None:

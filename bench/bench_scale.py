@@ -55,8 +55,8 @@ import tempfile
 import time
 import tracemalloc
 import urllib.request
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
