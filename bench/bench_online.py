@@ -48,6 +48,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +187,10 @@ def run_kind_through_broker(bootstrap: str, kind: str, warm: int, n: int, seed: 
 
     settings = Settings(
         bootstrap_servers=bootstrap, broker_flavor="tansu", data_dir=data_dir,
-        topic_prefix=f"bench{seed}{kind[:2]}.", model_kind=kind,  # type: ignore[arg-type]
+        # a topic of its own per run: variants of one kind and seed share neither records
+        # nor a backlog
+        topic_prefix=f"bench{seed}{kind[:2]}{uuid.uuid4().hex[:8]}.",
+        model_kind=kind,  # type: ignore[arg-type]
         trainer_max_tokens=64, trainer_dim=64, trainer_publish_every=0,
         trainer_publish_interval_s=0,
         trainer_refit_interval_s=1e9, trainer_checkpoint_interval_s=1e9,
