@@ -217,3 +217,23 @@ def test_entitygraph_item_refit_keeps_its_tower(tmp_path: Path, tiny_encoder: st
         assert mv.files[name] == tower.files[name]  # the tower, copied as it is
     loaded = load_model(h.registry, mv.version, device="cpu")
     assert loaded.tower == load_model(h.registry, tower.version, device="cpu").tower
+
+
+@pytest.mark.parametrize("kind", ["entitygraph", "embedme"])
+def test_a_resumed_trainer_says_its_config_was_kept_only_when_it_differs(
+    tmp_path: Path, tiny_encoder: str, kind: str, caplog: pytest.LogCaptureFixture  # noqa: F811
+) -> None:
+    settings = make_settings(tmp_path, tiny_encoder, model_kind=kind)
+    h = KindHarness(settings, kind)
+    h.trainer.startup()
+    h.trainer.process(stream(16))
+    h.trainer.checkpoint()
+    with caplog.at_level("INFO", logger="trainer.online.resume"):
+        again = KindHarness(settings, kind)  # same settings: nothing to say
+    assert again.source == "checkpoint"
+    assert "kept from the" not in caplog.text
+    if kind == "embedme":  # settings that ask another EmbedMe config: said once
+        other = make_settings(tmp_path, tiny_encoder, model_kind=kind, trainer_dim=24)
+        with caplog.at_level("INFO", logger="trainer.online.resume"):
+            KindHarness(other, kind)
+        assert "kept from the checkpoint" in caplog.text

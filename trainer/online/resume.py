@@ -114,7 +114,9 @@ def load_start(settings: Settings, store: CheckpointStore, registry: Registry,
     if device != "cpu":
         start.model.to(device)
         logger.info("fine-tuning on %s", device)
-    if start.model.config != config and start.source != "pretrained":
+    # (`config` is an EmbedMe config: another kind's model has its own, never equal)
+    if type(start.model.config) is type(config) and start.model.config != config \
+            and start.source != "pretrained":
         logger.info("model config %s kept from the %s (settings ask %s)",
                     start.model.config, start.source, config)
     return start
