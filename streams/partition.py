@@ -42,14 +42,13 @@ import base64
 import gc
 import heapq
 import logging
-import math
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from mekb.events import EventError, InteractionEvent, UserDeleteEvent
-from mekb.scoring import RankMemo, rank
+from mekb.scoring import RankMemo, idf, rank
 from streams.catalog import ItemCatalog, LinkedItem
 from streams.codec import (
     UserState,
@@ -147,7 +146,7 @@ class _IdfView(dict[str, float]):
     partition's own, newer contribution (>= 1 for a held entity). It is kept apart
     (`dfs`) so that the end of a batch, which moves df_p of a few entities and N
     whenever a user came or went, costs a log per entity the mekb-updates score, not
-    a df lookup again (`moved`); every idf is computed as `mekb.scoring.idf` does."""
+    a df lookup again (`moved`)."""
 
     def __init__(self, part: MeKBPartition) -> None:
         super().__init__()
@@ -164,8 +163,7 @@ class _IdfView(dict[str, float]):
             df = self.dfs[entity] = max(1, self.df.get(entity, 0) + self.df_p.get(entity, 0)
                                         - self.partials.get((self.partition, entity),
                                                             NO_PARTIAL)[1])
-        n = self.n_users
-        value = self[entity] = math.log(max(n, df) / df)  # idf(df, n): both >= 1
+        value = self[entity] = idf(df, self.n_users)
         return value
 
     def moved(self, entities: Iterable[str], n_users: int) -> None:

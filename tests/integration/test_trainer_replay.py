@@ -1,8 +1,9 @@
 """Deferred experience replay through a real `mekb trainer` process and the real broker:
 with a backlog far over MEKB_TRAINER_REPLAY_DEFER_LAG the trainer trains new examples
 first and owes their replay (capped at REPLAY passes over the recent window, the rest
-counted as forgone); once it has caught up it pays what it owes between polls, so the
-owed-steps gauge returns to 0 with no new record arriving."""
+counted as forgone), in catch-up steps of 4 x the batch; once it has caught up it pays
+what it owes between polls, so the owed-steps gauge returns to 0 with no new record
+arriving."""
 
 from __future__ import annotations
 
@@ -51,9 +52,13 @@ def test_backlog_trains_new_examples_first_and_pays_the_capped_replay_after(
         trained = trainer.metric(outcome("trained"))
         replayed = trainer.metric(outcome("replayed"))
         forgone = trainer.metric(outcome("replay_forgone"))
+        steps = trainer.metric("mekb_trainer_steps_total")
     finally:
         assert trainer.stop() == 0, trainer.tail()
     assert trained > 0.7 * BACKLOG  # the rest was held out for the gate
+    # behind, steps took the catch-up batch (EntityGraph: 4 x BATCH), so far fewer steps
+    # than steps of BATCH would have needed
+    assert steps < 0.5 * trained / BATCH
     # replay at once would have replayed REPLAY x every trained example; deferred, the
     # backlog's replay was owed, and all but REPLAY passes over the window forgone
     assert forgone > 0
