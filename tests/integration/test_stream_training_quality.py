@@ -51,10 +51,15 @@ NEGATIVES = 50
 # (n = 1036); a learning rate of 3e-3 instead of 1e-3 gave 0.348, below popularity.
 MARGIN = 0.05
 # EntityGraph on the default world (see its test): small steps, as the stream is short.
-# Margin: eleven runs with the kind's defaults (replay 3) gave 0.368-0.420 against
-# popularity's 0.332 (n = 410); one pass without replay gave 0.32-0.36 (docs/benchmarks.md).
+# Its HR@10 varies from run to run with the trainer's timing (poll sizes set the batch
+# boundaries, the arrival order of two partitions the item rows, catch-up steps the step
+# count): 24 runs of this test on 2026-11-30 (16 with the defaults, five of them with a
+# busy loop on one core; 8 with MEKB_TRAINER_REPLAY_DEFER_LAG=0) gave 0.346-0.442, mean
+# 0.397, s.d. 0.023, against popularity's 0.332 (n = 410); NDCG@10 0.186-0.232 (mean
+# 0.209, s.d. 0.012) against 0.167. A margin of 0.03 (chosen from 11 earlier runs, 0.368-0.420) failed one CI run at
+# 0.3585. The check is the issue's: the model beats popularity, on both measures; a model
+# that learnt only popularity (or nothing) does not.
 EG_BATCH = "32"
-EG_MARGIN = 0.03
 
 
 def scenario() -> Scenario:
@@ -228,8 +233,9 @@ def test_published_model_beats_popularity_on_zero_shot_users(
 def test_entitygraph_beats_popularity_on_the_default_world(
     tsettings: Settings, alias: Path, tmp_path: Path  # noqa: F811
 ) -> None:
-    """EntityGraph, as `mekb up` runs it (MiniLM title vectors, default batch), on the
-    default synthetic world, one pass over the examples of both domains."""
+    """EntityGraph, as `mekb up` runs it (MiniLM title vectors, the kind's replay and
+    catch-up defaults) but with small steps (EG_BATCH), on the default synthetic world,
+    one pass over the examples of both domains."""
     started = time.monotonic()
     sc = build_scenario(generate_world(WorldConfig(seed=0)),
                         ScenarioConfig(SOURCE, TARGET, min_item_positives=5, seed=0))
@@ -246,4 +252,5 @@ def test_entitygraph_beats_popularity_on_the_default_world(
           f"popularity {popularity.hr10:.4f} (NDCG@10 {popularity.ndcg10:.4f}), "
           f"n={model.n}, {n} examples, version {active.version}, "
           f"{time.monotonic() - started:.0f}s")
-    assert model.hr10 > popularity.hr10 + EG_MARGIN, (model, popularity)
+    assert model.hr10 > popularity.hr10 and model.ndcg10 > popularity.ndcg10, \
+        (model, popularity)
