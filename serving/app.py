@@ -24,8 +24,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Annotated, Any
 
+import msgspec
 import numpy as np
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
@@ -414,9 +416,10 @@ def create_app(
         rec = service.record(user_id)
         if rec is None:
             raise HTTPException(404, f"user {user_id!r} has no MeKB (no interactions applied)")
-        ranked = sorted(rec.entities, key=lambda e: -float(e.get("score", 0.0)))
+        ranked = sorted(rec.entities, key=attrgetter("score"), reverse=True)  # stable
         return _json({"user_id": rec.user_id, "mekb_version": rec.version, "mekb_ts": rec.ts,
-                "updated_at": rec.updated_at, "entities": ranked, "seen_items": rec.seen_items})
+                      "updated_at": rec.updated_at, "entities": msgspec.to_builtins(ranked),
+                      "seen_items": rec.seen_items})
 
     @app.get("/v1/users/{user_id}/recommendations", dependencies=auth, tags=["users"],
              response_model=RecommendationsOut, responses=errors(401, 404, 422, 503, 421))

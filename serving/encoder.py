@@ -23,12 +23,14 @@ import os
 import time
 from collections.abc import Callable
 from itertools import chain, repeat
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from mekb.scoring import sequence_text
+from serving.replica import Entity
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +111,9 @@ class UserEncoder(Protocol):
         ...
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 4)) -> float: ...
+
+
+_ID, _SCORE = attrgetter("id"), attrgetter("score")
 
 
 def _session(path: Path | bytes, device: Device, intra_op_threads: int,
@@ -280,7 +285,7 @@ class EntityGraphEncoder:
         self.dim = int(last) if isinstance(last, int) else 0
         self.unknown_entities = 0
 
-    def input_of(self, record: Any) -> list[dict[str, Any]]:
+    def input_of(self, record: Any) -> list[Entity]:
         """The record's entities as they are: ids are resolved for the whole batch at
         once in `encode` (per user, even two small lists cost more than the lookups)."""
         return record.entities if record is not None else []
@@ -290,21 +295,19 @@ class EntityGraphEncoder:
         out = self.session.run([self.output_name], feeds)[0]
         return np.asarray(out, dtype=np.float32)
 
-    def encode(self, inputs: list[list[dict[str, Any]]]) -> tuple[np.ndarray, float]:
+    def encode(self, inputs: list[list[Entity]]) -> tuple[np.ndarray, float]:
         """Embeddings in input order, `group` users of similar MeKB size per run."""
         n = len(inputs)
         sizes = np.fromiter(map(len, inputs), dtype=np.int64, count=n)
         order = np.argsort(sizes, kind="stable")
         total = int(sizes.sum())
-        # one pass of C-level map over the batch's entity dicts (the replica validated
-        # them as dicts): rows (-1 = not in the table), scores (None -> NaN -> 0)
+        # one pass of C-level map over the batch's entities (serving.replica.Entity):
+        # rows (-1 = not in the table) and scores
         flat = list(chain.from_iterable([inputs[i] for i in order]))
-        row_of: Callable[..., Any] = self.row.get  # ids are whatever the JSON held
-        flat_rows = np.fromiter(map(row_of, map(dict.get, flat, repeat("id", total)),
-                                    repeat(-1, total)), dtype=np.int64, count=total)
-        flat_scores = np.fromiter(map(dict.get, flat, repeat("score", total)),
-                                  dtype=np.float32, count=total)
-        np.nan_to_num(flat_scores, copy=False, nan=0.0)
+        row_of: Callable[..., Any] = self.row.get
+        flat_rows = np.fromiter(map(row_of, map(_ID, flat), repeat(-1, total)),
+                                dtype=np.int64, count=total)
+        flat_scores = np.fromiter(map(_SCORE, flat), dtype=np.float32, count=total)
         user = np.repeat(np.arange(n), sizes[order])
         known = flat_rows >= 0
         if not known.all():
@@ -336,7 +339,7 @@ class EntityGraphEncoder:
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 4)) -> float:
         start = time.perf_counter()
         ids = list(self.row)[:64]
-        full = [{"id": e, "score": 1.0 / max(1, len(ids))} for e in ids]
+        full = [Entity(e, score=1.0 / max(1, len(ids))) for e in ids]
         for n in (*batch_sizes, self.batch_max):
             self.encode([full] * n)
         return time.perf_counter() - start

@@ -41,10 +41,10 @@ MAX_PENDING = 200_000
 # After a swap to another user tower, this many recently used users are re-encoded first.
 REWARM_USERS = 1_000
 # Pending users whose applied record is kept for the refresher (no second read and
-# decode): 2 s (refresh_max_lag_s) of the 5 000 updates/s target. Beyond it (a backlog:
-# a burst, a replica catching up, no model yet) they are read back from the replica,
-# so memory stays bounded (~12 KB per 32-entity record: ~120 MB at most).
-HOLD_RECORDS = 10_000
+# decode): over 3 s (refresh_max_lag_s is 2) of the 5 000 updates/s target. Beyond it
+# (a backlog: a burst, a replica catching up, no model yet) they are read back from the
+# replica, so memory stays bounded (~7.5 KB per decoded 32-entity record: ~120 MB).
+HOLD_RECORDS = 16_000
 # Cyclic GC thresholds of the serving process (gen 0, 1, 2): see tune_gc.
 GC_THRESHOLD = (100_000, 10, 10)
 # Refresh batches in flight at once (formed on the event loop, run one at a time).

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from serving.batcher import DynamicBatcher
 from serving.cache import CachedEmbedding, EmbeddingCache
 from serving.encoder import CPU, CUDA, select_providers
 from serving.metrics import ServingMetrics
-from serving.replica import Incoming, Replica
+from serving.replica import BadRecord, Entity, Incoming, Replica, parse_record
 
 
 def _value(user: str, version: int, title: str = "T") -> bytes:
@@ -63,6 +66,74 @@ def test_replica_ignores_older_versions_bad_records_and_applies_tombstones(
     assert deleted.deleted == ["u1"] and replica.get("u1") is None
     # after a delete, a fresh history of the user starts again
     assert replica.apply([Incoming(0, 7, b"u1", _value("u1", 1))]).applied[0].version == 1
+
+
+@pytest.mark.parametrize("value, reason", [
+    ({"user_id": "u1", "version": True}, "Expected `int`, got `bool`"),
+    ({"user_id": "", "version": 1}, "at `$.user_id`"),
+    ({"user_id": "u1", "version": 1, "entities": ["kb:A"]}, "at `$.entities[0]`"),
+    ({"user_id": "u1", "version": 1, "entities": [{"title": "A"}]}, "missing required field `id`"),
+    ({"user_id": "u1", "version": 1, "entities": [{"id": "kb:A", "score": "high"}]},
+     "at `$.entities[0].score`"),
+    ({"user_id": "u1", "version": 1, "ts": "yesterday"}, "at `$.ts`"),
+    ([1, 2], "Expected `object`, got `array`"),
+])
+def test_a_bad_record_says_what_is_wrong(value: object, reason: str) -> None:
+    with pytest.raises(BadRecord, match=re.escape(reason)):
+        parse_record(json.dumps(value).encode())
+
+
+def test_a_record_keeps_the_contract_fields_and_ignores_others() -> None:
+    rec = parse_record(json.dumps({
+        "v": 1, "user_id": "u1", "version": 3, "n_users": 9, "ts": 5, "future": {"x": 1},
+        "entities": [{"id": "kb:B", "score": 0.25, "extra": True},
+                     {"id": "kb:A", "title": "A", "k": 2, "score": 0.5}]}).encode())
+    assert (rec.user_id, rec.version, rec.ts, rec.updated_at, rec.seen_items) == \
+        ("u1", 3, 5.0, 0.0, [])
+    assert rec.entities == [Entity("kb:B", "", 0.0, 0.25), Entity("kb:A", "A", 2.0, 0.5)]
+    assert rec.titles() == ["A", "kb:B"]  # by score; an untitled entity shows its id
+
+
+KILLED_WRITER = """
+import sys
+from serving.replica import BadRecord, Entity, Incoming, Replica, parse_record
+replica = Replica(sys.argv[1])
+value = b'{"user_id": "u%d", "version": 1, "entities": [{"id": "kb:%d", "title": "%s"}]}'
+offset = 0
+while True:  # batches of 500 users, until killed
+    replica.apply([Incoming(0, offset + i, b"u%d" % (offset + i),
+                            value % (offset + i, offset + i, b"x" * 2000))
+                   for i in range(500)])
+    offset += 500
+    if offset == 50_000:
+        print("ready", flush=True)
+"""
+
+
+def test_a_killed_replica_reopens_at_a_batch_boundary(tmp_path: Path) -> None:
+    """Without a write-ahead log, a SIGKILL loses the batches since the last memtable
+    flush, never part of one: the users held are exactly those before the stored
+    offset, so the follower re-reads the rest and misses nothing."""
+    path = tmp_path / "replica"
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 60  # a first memtable flush has landed, then kill
+        while not list(path.glob("*.sst")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+    finally:
+        writer.kill()
+        writer.wait()
+    replica = Replica(path)
+    try:
+        offset = replica.offsets().get(0, 0)
+        assert offset % 500 == 0 and offset > 0  # whole batches, up to the last flush
+        assert replica.count_users() == offset
+        assert replica.get(f"u{offset - 1}") is not None and replica.get(f"u{offset}") is None
+    finally:
+        replica.close()
 
 
 def test_cache_never_replaces_newer_and_evicts_lru() -> None:
