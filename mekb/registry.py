@@ -41,6 +41,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -577,28 +578,59 @@ def model_update_event(mv: ModelVersion) -> dict[str, Any]:
 
 
 def announce(settings: Any, version: ModelVersion | str, *, timeout_s: float = 10.0) -> None:
-    """Produce the `model-updates` event of a version (key = version).
+    """Produce the `model-updates` event of a version (key = version), once (the CLI's
+    `mekb models activate/rollback`). A process that announces again and again keeps an
+    `Announcer`.
 
-    One implementation for the trainer (after publish + activate) and for
-    `mekb models activate/rollback`: serving replicas follow the ACTIVE pointer
-    when they receive it.
+    Serving replicas follow the ACTIVE pointer when they receive it.
     """
-    from kafka import KafkaProducer
-
-    from mekb.kafka_config import kafka_python_config
-
-    mv = version if isinstance(version, ModelVersion) else Registry(registry_root(settings)).get(
-        version
-    )
-    producer = KafkaProducer(**kafka_python_config(settings), acks="all", linger_ms=0)
+    announcer = Announcer(settings, timeout_s=timeout_s)
     try:
-        future = producer.send(
-            settings.topic("model-updates"),
-            key=mv.version.encode(),
-            value=json.dumps(model_update_event(mv)).encode(),
-        )
-        future.get(timeout=timeout_s)
-        producer.flush(timeout=timeout_s)
+        announcer(version)
     finally:
-        producer.close(timeout=timeout_s)
-    logger.info("announced model version %s on %s", mv.version, settings.topic("model-updates"))
+        announcer.close()
+
+
+class Announcer:
+    """`announce` with one producer kept between calls: the trainer announces every
+    publication (EntityGraph: every few seconds) and serving every admin activation,
+    and each new KafkaProducer bootstraps (metadata, API versions, a network thread):
+    tens of milliseconds of Python holding the GIL against the process's event loop.
+    A failed send drops the producer; the next call connects again. Thread-safe."""
+
+    def __init__(self, settings: Any, *, timeout_s: float = 10.0) -> None:
+        self.settings = settings
+        self.timeout_s = timeout_s
+        self._producer: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self, version: ModelVersion | str) -> None:
+        settings = self.settings
+        mv = version if isinstance(version, ModelVersion) else Registry(
+            registry_root(settings)).get(version)
+        with self._lock:
+            if self._producer is None:
+                from kafka import KafkaProducer
+
+                from mekb.kafka_config import kafka_python_config
+
+                self._producer = KafkaProducer(**kafka_python_config(settings), acks="all",
+                                               linger_ms=0)
+            try:
+                self._producer.send(
+                    settings.topic("model-updates"), key=mv.version.encode(),
+                    value=json.dumps(model_update_event(mv)).encode(),
+                ).get(timeout=self.timeout_s)
+            except Exception:
+                self._close()
+                raise
+        logger.info("announced model version %s on %s", mv.version, settings.topic("model-updates"))
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.close(timeout=self.timeout_s)

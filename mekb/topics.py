@@ -90,17 +90,44 @@ NO_TOPIC_ID = "00000000-0000-0000-0000-000000000000"
 def topic_ids(settings: Settings, names: list[str]) -> dict[str, str]:
     """The broker's id of each existing topic in `names` (full names). Topics that do not
     exist, and every topic of a broker that has no topic ids, are left out."""
-    from kafka.admin import KafkaAdminClient
-
-    from mekb.kafka_config import kafka_python_config
-
-    admin = KafkaAdminClient(**kafka_python_config(settings), client_id="mekb-topic-ids")
+    reader = TopicIdReader(settings)
     try:
-        described = admin.describe_topics(names)
+        return reader(names)
     finally:
-        admin.close()
-    return {str(t["name"]): str(t["topic_id"]) for t in described
-            if t.get("error_code") == 0 and t.get("topic_id") not in (None, NO_TOPIC_ID)}
+        reader.close()
+
+
+class TopicIdReader:
+    """`topic_ids` with one admin client kept between calls, for components that look
+    every ID_CHECK_S: each new KafkaAdminClient bootstraps (metadata, API versions, a
+    network thread), tens of milliseconds of Python holding the GIL against the caller's
+    event loop (in serving, a cache hit's p99). A failed call drops the client; the next
+    one connects again. Calls must not overlap (one caller, one at a time)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._admin: Any = None
+
+    def __call__(self, names: list[str]) -> dict[str, str]:
+        if self._admin is None:
+            from kafka.admin import KafkaAdminClient
+
+            from mekb.kafka_config import kafka_python_config
+
+            self._admin = KafkaAdminClient(**kafka_python_config(self.settings),
+                                           client_id="mekb-topic-ids")
+        try:
+            described = self._admin.describe_topics(names)
+        except Exception:
+            self.close()
+            raise
+        return {str(t["name"]): str(t["topic_id"]) for t in described
+                if t.get("error_code") == 0 and t.get("topic_id") not in (None, NO_TOPIC_ID)}
+
+    def close(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            admin.close()
 
 
 def rebase_needed(stored: str | None, current: str | None) -> bool:
@@ -126,16 +153,21 @@ async def new_topic_ids(settings: Settings, known: dict[str, str], stop: Any,
     names = sorted(known)
     if not names:  # nothing to compare with (a broker without topic ids)
         await stop.wait()
-    while not stop.is_set():
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval_s)
-        if stop.is_set():
-            break
-        try:
-            now = await asyncio.to_thread(topic_ids, settings, names)
-        except Exception as exc:  # noqa: BLE001 - unreachable broker, timeouts: look again
-            logger.debug("topic ids not read (%s)", exc)
-            continue
-        if any(rebase_needed(known[name], now.get(name)) for name in names):
-            return now
+    reader = TopicIdReader(settings)
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval_s)
+            if stop.is_set():
+                break
+            try:
+                now = await asyncio.to_thread(reader, names)
+            except Exception as exc:  # noqa: BLE001 - unreachable broker, timeouts: look again
+                logger.debug("topic ids not read (%s)", exc)
+                continue
+            if any(rebase_needed(known[name], now.get(name)) for name in names):
+                return now
+    finally:
+        # (a thread: closing joins the client's network thread)
+        await asyncio.shield(asyncio.to_thread(reader.close))
     return {}

@@ -18,10 +18,11 @@ device, and the session is then asked which providers it really got.
 from __future__ import annotations
 
 import ctypes
+import importlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from itertools import chain, repeat
 from operator import attrgetter
 from pathlib import Path
@@ -355,8 +356,31 @@ _ENCODERS: dict[str, EncoderFactory] = {
 }
 
 
-def register_encoder(model_kind: str, factory: EncoderFactory) -> None:
+# What each kind's loader imports on first use. A server imports these for every kind
+# its registry holds before it loads its first model (ModelManager.watch), so that a
+# later switch to another kind imports nothing under load: an import runs Python for
+# tens to hundreds of milliseconds (transformers pulls in torch) while holding the GIL
+# against the event loop that answers cache hits.
+_IMPORTS: dict[str, tuple[str, ...]] = {
+    "embedme": ("onnxruntime", "tokenizers", "transformers.tokenization_utils_fast",
+                "transformers.models.auto.tokenization_auto"),
+    "entitygraph": ("onnxruntime", "onnx", "onnx.helper", "onnx.numpy_helper"),
+}
+
+
+def register_encoder(model_kind: str, factory: EncoderFactory,
+                     imports: tuple[str, ...] = ()) -> None:
     _ENCODERS[model_kind] = factory
+    _IMPORTS[model_kind] = imports
+
+
+def import_kinds(model_kinds: Iterable[str]) -> list[str]:
+    """Import what the loaders of `model_kinds` need (see _IMPORTS); the modules done."""
+    done = []
+    for module in dict.fromkeys(m for kind in model_kinds for m in _IMPORTS.get(kind, ())):
+        importlib.import_module(module)
+        done.append(module)
+    return done
 
 
 def encoder_kinds() -> list[str]:

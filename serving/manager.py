@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable
 from functools import partial
 
 from mekb.registry import Registry
+from serving.encoder import import_kinds
 from serving.model import LoadedModel, ModelLoadError, load_model
 from serving.service import EmbeddingService
 
@@ -132,7 +134,21 @@ class ModelManager:
         loop.run_in_executor(None, send)
 
     async def watch(self, poll_s: float, wake: asyncio.Event) -> None:
-        """Follow ACTIVE: on a model-updates event (`wake`) or every `poll_s` seconds."""
+        """Follow ACTIVE: on a model-updates event (`wake`) or every `poll_s` seconds.
+        First, import what the loaders of every kind in the registry need (before any
+        request is served: see serving.encoder.import_kinds)."""
+        try:
+            kinds = {mv.model_kind for mv in await asyncio.to_thread(self.registry.list)}
+            modules = await asyncio.to_thread(import_kinds, kinds)
+            logger.info("model kinds in the registry: %s (imported %s)",
+                        ", ".join(sorted(kinds)) or "none", ", ".join(modules) or "nothing")
+        except Exception:  # the loads import them later, as before
+            logger.exception("model kinds not imported ahead of loading")
+        # The imported modules' objects (millions with torch) live as long as the process:
+        # out of the cyclic GC's sight, a full collection under load takes milliseconds
+        # instead of hundreds of them (measured: 381 ms). Before any request is served.
+        gc.collect()
+        gc.freeze()
         while True:
             try:
                 await self.sync()

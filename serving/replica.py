@@ -151,6 +151,11 @@ class Replica:
             return None
         return parse_record(raw)
 
+    def get_many(self, user_ids: list[str]) -> list[UserRecord | None]:
+        """`get` of each of `user_ids` (one multi-get), in order."""
+        raws = self._get_many([USER + u.encode() for u in user_ids])
+        return [None if raw is None else parse_record(raw) for raw in raws]
+
     def offsets(self) -> dict[int, int]:
         """Next offset to consume per partition (absent = from the beginning)."""
         out = {}

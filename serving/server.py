@@ -86,7 +86,7 @@ class Server:
 def build(settings: Settings, *, kafka: bool = True) -> Server:
     from prometheus_client import CollectorRegistry
 
-    from mekb.registry import announce
+    from mekb.registry import Announcer
 
     config = api_config(settings)
     prom = CollectorRegistry()
@@ -103,11 +103,12 @@ def build(settings: Settings, *, kafka: bool = True) -> Server:
     service.upstream_timeout_s = settings.serving_upstream_timeout_s
     service.follows_upstream = kafka
     registry = Registry(registry_root(settings))
+    announcer = Announcer(settings, timeout_s=5.0) if kafka else None
     loader = partial(_load, device=settings.serving_device,
                      threads=settings.serving_intra_op_threads)
     manager = ModelManager(
         registry, service, loader=loader,
-        announcer=(lambda v: announce(settings, v, timeout_s=5.0)) if kafka else None,
+        announcer=announcer,
         prewarm_s=settings.serving_swap_prewarm_s,
     )
     stop = asyncio.Event()
@@ -149,6 +150,8 @@ def build(settings: Settings, *, kafka: bool = True) -> Server:
         await asyncio.gather(*tasks, return_exceptions=True)
         if deleter is not None:
             await deleter.close()
+        if announcer is not None:
+            await asyncio.to_thread(announcer.close)
         replica.close()
 
     config.extra_startup.append(startup)

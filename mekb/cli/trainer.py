@@ -37,7 +37,7 @@ def trainer(
     from prometheus_client import CollectorRegistry
 
     from mekb.metrics_http import serve
-    from mekb.registry import MODEL_KINDS, Registry, announce, registry_root
+    from mekb.registry import MODEL_KINDS, Announcer, Registry, registry_root
     from trainer.model import ModelError
     from trainer.online.checkpoint import CheckpointStore
     from trainer.online.kinds import checkpoint_dir, online_kind, trainer_kind
@@ -73,9 +73,9 @@ def trainer(
             raise CliError(f"cannot load the model: {exc}") from None
         health.source = start.source
         typer.echo(f"trainer: training model kind {model_kind.name} (from {start.source})")
+        announcer = Announcer(settings)
         online = OnlineTrainer(settings, start.model, start.state, start.optimizer_state,
-                               store, registry, metrics,
-                               announce=lambda mv: announce(settings, mv), kind=model_kind)
+                               store, registry, metrics, announce=announcer, kind=model_kind)
 
         async def main() -> None:
             stop = asyncio.Event()
@@ -84,7 +84,10 @@ def trainer(
                 loop.add_signal_handler(sig, stop.set)
             await run(settings, online, health, stop)
 
-        asyncio.run(main())
+        try:
+            asyncio.run(main())
+        finally:
+            announcer.close()
     finally:
         server.shutdown()
         lock.close()

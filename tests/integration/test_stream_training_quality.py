@@ -56,9 +56,9 @@ MARGIN = 0.05
 # count): 24 runs of this test on 2026-11-30 (16 with the defaults, five of them with a
 # busy loop on one core; 8 with MEKB_TRAINER_REPLAY_DEFER_LAG=0) gave 0.346-0.442, mean
 # 0.397, s.d. 0.023, against popularity's 0.332 (n = 410); NDCG@10 0.186-0.232 (mean
-# 0.209, s.d. 0.012) against 0.167. A margin of 0.03 (chosen from 11 earlier runs, 0.368-0.420) failed one CI run at
-# 0.3585. The check is the issue's: the model beats popularity, on both measures; a model
-# that learnt only popularity (or nothing) does not.
+# 0.209, s.d. 0.012) against 0.167. A margin of 0.03 (chosen from 11 earlier runs,
+# 0.368-0.420) failed one CI run at 0.3585. The check is the issue's: the model beats
+# popularity, on both measures; a model that learnt only popularity (or nothing) does not.
 EG_BATCH = "32"
 
 
