@@ -3,11 +3,8 @@
 Each serving process keeps its own replica (no consumer group: every replica needs
 every partition). Records and the next offset of their partition are written in
 ONE WriteBatch, so after a crash or restart the replica resumes exactly where its
-state ends, never applying a record twice or skipping one. The batches skip RocksDB's
-write-ahead log (the topic is the log): a crash loses the batches since the last
-memtable flush (at most a write buffer, 64 MiB), and the replica re-reads them from
-the topic. Deleting the replica directory rebuilds it from the compacted topic
-(offsets start at the beginning).
+state ends, never applying a record twice or skipping one. Deleting the replica
+directory rebuilds it from the compacted topic (offsets start at the beginning).
 
 The offsets belong to one `mekb-updates` topic: its id (mekb/topics.py) is stored with
 them. A topic with another id (re-created, or the embedded broker restarted) drops
@@ -126,19 +123,16 @@ class Replica:
         if path is None:
             self._db = {}
         else:
-            from rocksdict import Options, Rdict, WriteOptions
+            from rocksdict import Options, Rdict
 
             Path(path).mkdir(parents=True, exist_ok=True)
             opts = Options(raw_mode=True)
             opts.create_if_missing(True)
+            # With its write-ahead log: without it (half of a batch's write cost) a crash
+            # reopens the replica at its last memtable flush, so a restarted server
+            # answers from older MeKBs, and 404s users added since, until it has re-read
+            # them (tests/integration/test_up_supervision.py; docs/benchmarks.md).
             self._db = Rdict(str(path), opts)
-            # No write-ahead log: the topic is the log. After a crash RocksDB reopens at
-            # its last memtable flush, a prefix of the WriteBatches (records and offsets
-            # together), and the follower re-reads the rest; a clean close flushes. The
-            # WAL was half of each batch's write cost (docs/benchmarks.md).
-            no_wal = WriteOptions()
-            no_wal.disable_wal = True  # type: ignore[method-assign,assignment]  # a property
-            self._db.set_write_options(no_wal)
 
     def close(self) -> None:
         if self.path is not None:
