@@ -247,10 +247,10 @@ class EntityGraphEncoder:
     (trainer/online/kinds.py); `unknown_entities` counts what was skipped.
 
     The host side is most of a user's cost (docs/benchmarks.md, issue 16), so it has no
-    Python frame per entity: ids are resolved with C-level `map` over the entity dicts
-    of the whole batch at once, which is then padded with flat array operations, in
-    groups of similar MeKB size (padding to the batch's longest MeKB would double the
-    gathered rows)."""
+    Python frame per entity: ids are resolved with C-level `map` over the entities
+    (serving.replica.Entity) of the whole batch at once, then padded with flat array
+    operations, in groups of similar MeKB size (padding to the batch's longest MeKB
+    would double the gathered rows)."""
 
     batch_max = 512  # ~10 ms per run on 2 cores: a request miss waits behind one at most
     # users per session.run: a group is padded to its longest MeKB only, and sorting the
