@@ -110,15 +110,12 @@ class EmbeddedBroker:
             "--storage-engine", "memory://tansu/",
         ]
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        if self.log_path:
-            with open(self.log_path, "ab") as out:
-                self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                              preexec_fn=die_with_parent)
-        else:
-            self._proc = subprocess.Popen(
-                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env,
-                preexec_fn=die_with_parent,
-            )
+        # Its own session: a terminal's Ctrl-C reaches only the owner, which stops its
+        # clients first (they flush to the broker) and the broker last, not all at once.
+        # die_with_parent still ends it if the owner dies.
+        with open(self.log_path, "ab") if self.log_path else open(os.devnull, "wb") as out:
+            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                          preexec_fn=die_with_parent, start_new_session=True)
         try:
             wait_until_ready(self.bootstrap_servers, timeout_s)
         except BrokerError:

@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import lzma
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -61,6 +62,8 @@ class ProduceReport:
     sent: Counter[str] = field(default_factory=Counter)  # topic -> count
     rejected: Counter[str] = field(default_factory=Counter)  # reason -> count
     rejects_path: Path | None = None
+    failed: list[str] = field(default_factory=list)  # why sends the broker refused failed
+    stopped: bool = False  # the caller's stop ended the run before the end of the file
 
     @property
     def total_sent(self) -> int:
@@ -76,7 +79,49 @@ class ProduceReport:
         if self.rejected:
             reasons = ", ".join(f"{r}={n}" for r, n in self.rejected.most_common())
             line += f" ({reasons}) -> {self.rejects_path}"
+        if self.stopped:
+            line += "; stopped before the end of the file"
         return line
+
+
+class Deliveries:
+    """Where each line of a produced file landed, for a caller that must know which
+    lines a consumer has applied (`mekb up` marks replayed ratings only then).
+
+    Line numbers are the file's; a line the producer reached that was never sent (a
+    reject, a blank line) needs no delivery. Acknowledgements arrive on the producer's
+    network thread: single dict stores, safe under the GIL."""
+
+    def __init__(self) -> None:
+        self.reached = 0  # the last line number read (sent, rejected or skipped)
+        # line number -> (topic, partition, offset) once acknowledged, None until then
+        self.placed: dict[int, tuple[str, int, int] | None] = {}
+
+    def sending(self, number: int) -> None:
+        self.placed[number] = None
+
+    def landed(self, number: int, metadata: Any) -> None:
+        self.placed[number] = (metadata.topic, metadata.partition, metadata.offset)
+
+    def ends(self, topic: str) -> dict[int, int]:
+        """Per partition of `topic`, the offset after the last acknowledged line."""
+        out: dict[int, int] = {}
+        for place in self.placed.values():
+            if place is not None and place[0] == topic:
+                out[place[1]] = max(out.get(place[1], 0), place[2] + 1)
+        return out
+
+    def applied_prefix(self, topic: str, applied: dict[int, int]) -> int:
+        """How many lines from the start of the file need nothing more: each was not
+        sent, or sent to `topic` below the partition's applied offset (`applied`: next
+        offset per partition). Stops at the first line unacknowledged or not applied."""
+        for number in range(1, self.reached + 1):
+            if number not in self.placed:
+                continue
+            place = self.placed[number]
+            if place is None or place[0] != topic or place[2] >= applied.get(place[1], 0):
+                return number - 1
+        return self.reached
 
 
 @dataclass(frozen=True)
@@ -253,8 +298,14 @@ def produce_file(
     progress: bool = True,
     limit: int | None = None,
     ignore_extra_columns: bool = False,
+    deliveries: Deliveries | None = None,
+    stop: threading.Event | None = None,
 ) -> ProduceReport:
-    """Validate and send every line of `path`; return what was sent and rejected."""
+    """Validate and send every line of `path`; return what was sent and rejected.
+    Raises ProduceError when the broker refused any send (after flushing the rest), so
+    a lost event is never reported as sent. `deliveries`, when given, records where
+    every line landed; `stop`, when set, ends the run after the line being sent (what
+    was handed to the producer is still flushed)."""
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
     from tqdm import tqdm
@@ -286,8 +337,11 @@ def produce_file(
             itertools.chain([first], lines) if first is not None else ())
         bar = tqdm(every, desc=f"produce {path.name}", unit="ev", disable=not progress)
         for count, (line, raw) in enumerate(bar):
-            if limit is not None and count >= limit:
+            if (limit is not None and count >= limit) or (stop is not None and stop.is_set()):
+                report.stopped = stop is not None and stop.is_set()
                 break
+            if deliveries is not None:
+                deliveries.reached = line.number
             try:
                 if line.error is not None:
                     raise line.error
@@ -304,7 +358,12 @@ def produce_file(
                 continue
             limiter.wait()
             topic = topics[type(event)]
-            producer.send(topic, key=event_key(event), value=encode(event))
+            if deliveries is not None:  # before the send: its acknowledgement may come first
+                deliveries.sending(line.number)
+            future = producer.send(topic, key=event_key(event), value=encode(event))
+            future.add_errback(_failed, report.failed)
+            if deliveries is not None:
+                future.add_callback(deliveries.landed, line.number)
             report.sent[topic] += 1
         producer.flush()
     except KafkaError as exc:  # the broker went away during the run
@@ -316,4 +375,13 @@ def produce_file(
         producer.close(timeout=BOOTSTRAP_TIMEOUT_MS / 1000)
         if rejects is not None:
             rejects.close()
+    if report.failed:
+        reasons = Counter(report.failed).most_common(3)
+        raise ProduceError(
+            f"broker at {bootstrap_servers(settings)} refused {len(report.failed)} of the "
+            f"{report.total_sent} events sent ({'; '.join(f'{r} x{n}' for r, n in reasons)})")
     return report
+
+
+def _failed(failures: list[str], exc: BaseException) -> None:
+    failures.append(f"{type(exc).__name__}: {exc}")

@@ -103,18 +103,25 @@ def write_sample(out_dir: Path, *, limit: int | None = None) -> tuple[Path, Path
     return items_path, inter_path
 
 
-REPLAYED = "replayed.json"  # beside interactions.jsonl: how many of its lines were sent
+REPLAYED = "replayed.json"  # beside interactions.jsonl: how many of its lines were applied
+
+
+def replayed_lines(interactions: Path) -> int:
+    """How many lines of the sample's time-ordered ratings this data directory holds."""
+    try:
+        return int(json.loads((interactions.parent / REPLAYED).read_text())["lines"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def unreplayed(interactions: Path) -> Path:
-    """The ratings of the time-ordered sample not yet replayed into this data directory
+    """The ratings of the time-ordered sample not yet applied in this data directory
     (all of them the first time): a second `mekb up` with the same or a smaller --limit
     sends no rating again, a larger one only the newer ratings. (Re-sending them would
     be dropped by event_id only within the per-user dedupe window: a user with more
     ratings than that would have older ones counted twice.)"""
-    try:
-        done = int(json.loads((interactions.parent / REPLAYED).read_text())["lines"])
-    except (OSError, ValueError, KeyError, TypeError):
+    done = replayed_lines(interactions)
+    if done == 0:
         return interactions
     lines = interactions.read_text(encoding="utf-8").splitlines(keepends=True)
     tail = interactions.with_name("interactions.new.jsonl")
@@ -122,13 +129,14 @@ def unreplayed(interactions: Path) -> Path:
     return tail
 
 
-def mark_replayed(interactions: Path) -> None:
-    """Record that every line of `interactions` (the whole sample file) has been sent."""
+def mark_replayed(interactions: Path, lines: int) -> None:
+    """Record that the first `lines` lines of `interactions` (the whole sample file) are
+    applied: the stream worker's state holds them, so the next run must not send them.
+    Call it only with lines the worker made durable: a line marked but never applied is
+    lost for good (the next run's embedded broker starts empty)."""
     marker = interactions.parent / REPLAYED
-    try:
-        done = int(json.loads(marker.read_text())["lines"])
-    except (OSError, ValueError, KeyError, TypeError):
-        done = 0
-    with open(interactions, encoding="utf-8") as fh:
-        lines = sum(1 for _ in fh)
-    marker.write_text(json.dumps({"lines": max(done, lines)}))
+    done = replayed_lines(interactions)
+    if lines > done:
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"lines": lines}))
+        tmp.replace(marker)

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -528,6 +528,15 @@ class Settings(BaseSettings):
         default=60.0, ge=0.0, le=3600.0,
         description="Longest wait between restarts of a crashed process.",
     )
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", "alias_table",
+                     "registry_dir", "serving_replica_dir", "trainer_state_dir",
+                     "trainer_kg_path", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: object) -> object:
+        # MEKB_ALIAS_TABLE= (set but empty, as shells and compose files leave it) would
+        # otherwise be Path("."), the working directory.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def embedded(self) -> bool:

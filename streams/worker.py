@@ -112,6 +112,9 @@ class Health:
     batches: int = 0
     last_batch_at: float = 0.0
     error: str | None = None
+    # Per assigned partition: the interactions topic id and the next input offset whose
+    # effects are durable (a caller that sent events waits for these: `mekb up`).
+    applied: dict[int, tuple[str | None, int]] = field(default_factory=dict)
 
 
 class StreamWorker:
@@ -154,6 +157,7 @@ class StreamWorker:
                     return
                 logger.warning("%s: restarting the agents on the new topics", exc)
                 self.partitions.clear()
+                self.health.applied = {}
                 self.dftable = DfTable()
                 self._inflight = None
                 self._reseed_items = True
@@ -505,6 +509,8 @@ class StreamWorker:
             part = self.partitions.get(plan.partition)
             if part is not None:
                 parked += part.parked_count
+                if plan.next_offset is not None:
+                    self.health.applied[plan.partition] = (part.input_id, plan.next_offset)
             if plan.next_offset is not None:
                 tp = TopicPartition(topic, plan.partition)
                 high = consumer.highwater(tp)
@@ -544,6 +550,11 @@ class StreamWorker:
 
     def _sync_health(self) -> None:
         self.health.partitions = sorted(self.partitions)
+        # A partition just restored counts from its durable state (rebased to the
+        # current topic if that is new); one revoked is applied by whoever takes it.
+        self.health.applied = {
+            p: self.health.applied.get(p, (part.input_id, part.applied_next))
+            for p, part in self.partitions.items()}
         self.metrics.partitions.labels("mekb").set(len(self.partitions))
 
     async def _restore(self, p: int, ids: dict[str, str]) -> bool:
@@ -722,7 +733,9 @@ def health_json(worker: StreamWorker) -> tuple[int, bytes]:
     h = worker.health
     body = dumps({"status": "ok" if h.ready else "starting", "partitions": h.partitions,
                   "batches": h.batches, "items": len(worker.catalog),
-                  "users": worker.dftable.n_users})
+                  "users": worker.dftable.n_users,
+                  "applied": {str(p): {"topic_id": tid, "next_offset": n}
+                              for p, (tid, n) in sorted(h.applied.items())}})
     return (200 if h.ready else 503), body
 
 

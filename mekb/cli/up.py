@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from mekb.cli.common import CliError, settings_with
+from mekb.cli.up_replay import health
 from mekb.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -100,8 +101,8 @@ def up(
     ),
     once: bool = typer.Option(
         False, "--once",
-        help="Stop everything once the replay is done and a model serves embeddings, instead "
-        "of running until Ctrl-C.",
+        help="Stop everything once the stream worker has applied the replay and a model "
+        "serves embeddings, instead of running until Ctrl-C.",
     ),
     prometheus: bool = typer.Option(
         None, "--prometheus/--no-prometheus",
@@ -143,13 +144,15 @@ def up(
     `mekb status` shows every process.
 
     The first run builds the default entity alias table (a minute or two, once).
-    Ctrl-C stops everything cleanly.
+    Ctrl-C stops everything cleanly. Ratings count as replayed into the data directory
+    only once the stream worker has made them durable: a stop right after the replay
+    waits up to 30 s for that, and the next run sends again the ratings not applied.
     """
     from mekb.broker import EmbeddedBroker
+    from mekb.cli.up_replay import replay_items, replay_ratings
     from mekb.components import components, scrape_targets
-    from mekb.produce import produce_file
     from mekb.registry import MODEL_KINDS
-    from mekb.sample import mark_replayed, unreplayed, write_sample
+    from mekb.sample import write_sample
     from mekb.supervisor import RestartPolicy, Supervisor
     from mekb.topics import create_topics
     from monitoring.local_prometheus import prometheus_binary, prometheus_component
@@ -218,20 +221,13 @@ def up(
                 prom_url = f"http://127.0.0.1:{prometheus_port}"
             supervisor.wait_healthy(timeout_s=300.0, stop=stop)
             items, interactions = write_sample(data_dir / "sample", limit=limit)
-            # items every time (the embedded broker forgets them), ratings once per data
-            # directory (the state keeps them: README, restarting on the same data dir)
-            for path in (items, unreplayed(interactions)):
-                if stop.is_set():
-                    break
-                report = produce_file(settings, path, rate=rate if path != items else 0.0,
-                                      progress=tty)
-                typer.echo(f"replayed {path.name}: {report.summary()}")
-                if path == items:
-                    _wait_items_known(settings, supervisor, stop, report.total_sent)
-                elif not stop.is_set():
-                    mark_replayed(interactions)
-            version = _wait_serving_ready(settings, supervisor, stop, ready_timeout,
-                                          stall_timeout, env["MEKB_MODEL_KIND"])
+            replay_items(settings, supervisor, stop, items, progress=tty)
+            if not stop.is_set():
+                replay_ratings(settings, supervisor, stop, interactions, rate=rate,
+                               progress=tty)
+            version = None if stop.is_set() else _wait_serving_ready(
+                settings, supervisor, stop, ready_timeout, stall_timeout,
+                env["MEKB_MODEL_KIND"])
             if version:
                 from mekb.registry import Registry, registry_root
 
@@ -298,44 +294,6 @@ def _ensure_alias_table(settings: Settings, *, progress: bool) -> None:
     ensure_default_table(settings, progress=progress)
 
 
-def _health(port: int) -> dict[str, Any] | None:
-    """A component's /healthz body while it answers 200, else None."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
-            body = json.loads(resp.read() or b"{}")
-    except (OSError, ValueError):
-        return None
-    return body if isinstance(body, dict) else None
-
-
-# Seconds the ratings wait for the stream worker to know the replayed items.
-ITEMS_WAIT_S = 300.0
-
-
-def _wait_items_known(settings: Settings, supervisor: Supervisor, stop: threading.Event,
-                      expected: int, timeout_s: float = ITEMS_WAIT_S) -> None:
-    """Wait until the stream worker's item table holds the `expected` items replayed.
-
-    A rating of an item the worker does not know yet is parked until the item is linked,
-    and a parked rating gives no training example (its user's MeKB may have moved on in
-    the meantime: streams/partition.py). Sent right behind the items, a few hundred
-    ratings all parked while the worker was still linking, and EntityGraph, whose first
-    version needs training examples, never got one."""
-    deadline = time.monotonic() + timeout_s
-    known = 0
-    while not stop.is_set():
-        supervisor.check()
-        known = int((_health(settings.worker_port) or {}).get("items") or 0)
-        if known >= expected:
-            return
-        if time.monotonic() > deadline:
-            typer.echo(f"warning: the stream worker knows {known} of the {expected} items "
-                       f"after {timeout_s:.0f}s; replaying the ratings anyway (those of "
-                       "items it does not know yet give no training examples)", err=True)
-            return
-        stop.wait(0.5)
-
-
 class _Stall:
     """Tells a first model version that will not come from a slow one: the trainer is at
     the end of training-examples and neither it nor the stream worker (batches, items)
@@ -349,8 +307,8 @@ class _Stall:
 
     def check(self) -> int | None:
         """Training-examples records the trainer consumed, once stalled; else None."""
-        trainer = _health(self.settings.trainer_port)
-        worker = _health(self.settings.worker_port)
+        trainer = health(self.settings.trainer_port)
+        worker = health(self.settings.worker_port)
         now = time.monotonic()
         if trainer is None or worker is None or not trainer.get("caught_up"):
             self.seen = None

@@ -401,3 +401,85 @@ def test_mekb_up_twice_on_one_data_dir_applies_the_second_runs_events(tmp_path: 
         except subprocess.TimeoutExpired:
             second.kill()
             second.wait()
+
+
+def test_mekb_up_stopped_right_after_the_replay_keeps_every_rating_it_marks(
+        tmp_path: Path) -> None:
+    """Ctrl-C the moment `mekb up` has sent the ratings (no model served yet, so the
+    stream worker may not have applied them): the run waits for the worker to make them
+    durable before it records them as replayed, so every rating recorded is in the
+    worker's RocksDB state (the next run's new broker never sees them again), and with
+    the stop's grace all 300 are. Before, the run recorded them as soon as they were
+    sent, and a stop before the worker applied them lost them for good."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from mekb.broker import free_port
+    from streams.codec import UserState
+    from streams.partition import USER
+    from streams.state.rocksdb import RocksDBStore
+    from tests.integration.system_helpers import (
+        child_env,
+        default_alias_table,
+        reference_counts,
+        wait_for,
+    )
+
+    data = tmp_path / "data"
+    alias = default_alias_table()
+    env = child_env(MEKB_DATA_DIR=data, MEKB_ALIAS_TABLE=alias,
+                    **{f"MEKB_{name}_PORT": free_port()
+                       for name in ("WORKER", "TRAINER", "SERVING", "MONITOR")})
+    run = subprocess.Popen(
+        [sys.executable, "-m", "mekb.cli.main", "up", "--rate", "0", "--no-prometheus",
+         "--limit", "300"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    lines: list[str] = []
+    assert run.stdout is not None
+    out = run.stdout
+    sent = threading.Event()
+
+    def read() -> None:
+        for line in out:
+            lines.append(line)
+            if line.startswith("replayed interactions.jsonl"):
+                run.send_signal(signal.SIGINT)  # at once, from the reading thread
+                sent.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        wait_for(lambda: sent.is_set() or run.poll() is not None, 600, "the replay")
+        assert sent.is_set(), "".join(lines)[-5000:]
+        assert run.wait(120) == 0, "".join(lines)[-5000:]
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    log = "".join(lines)
+    assert "replayed interactions.jsonl: sent 300 events" in log, log[-3000:]
+    assert "MeKB-Stream is up" not in log  # stopped before any model served
+    sample = data / "sample"
+    marked = json.loads((sample / "replayed.json").read_text())["lines"]
+    assert marked == 300, log[-3000:]  # the grace let the worker apply every one
+
+    head = tmp_path / "marked.jsonl"
+    head.write_text("".join((sample / "interactions.jsonl").open().readlines()[:marked]))
+    want = {u: ks for u, ks in reference_counts(sample / "items.jsonl", head, alias).items()
+            if ks}
+    store = RocksDBStore(data / "streams" / "worker-0")
+    try:
+        got: dict[str, dict[str, float]] = {}
+        for key, value in store.scan(b""):
+            _, _, local = key.partition(b"/")
+            if local.startswith(USER) and (counts := UserState.decode(value).counts):
+                got[local[len(USER):].decode()] = counts
+    finally:
+        store.close()
+    assert set(got) == set(want)
+    exact = {u: ks for u, ks in want.items() if len(ks) <= 100}  # no top-M eviction
+    assert len(exact) >= 2  # (the sample's first 300 ratings come from a few users)
+    for user, counts in exact.items():
+        assert set(got[user]) == set(counts), user
+        assert all(abs(got[user][e] - k) < 1e-6 for e, k in counts.items()), user

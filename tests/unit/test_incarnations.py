@@ -119,12 +119,41 @@ def test_sample_ratings_are_replayed_once_per_data_directory(tmp_path: Path) -> 
     ratings = tmp_path / "interactions.jsonl"
     ratings.write_text("".join(f'{{"n": {n}}}\n' for n in range(3)))
     assert unreplayed(ratings) == ratings  # the first run sends every line
-    mark_replayed(ratings)
+    mark_replayed(ratings, 2)  # the worker applied two of them before the run stopped
+    assert unreplayed(ratings).read_text() == '{"n": 2}\n'
+    mark_replayed(ratings, 3)
     ratings.write_text("".join(f'{{"n": {n}}}\n' for n in range(5)))  # a larger --limit
     tail = unreplayed(ratings)
     assert tail.read_text() == '{"n": 3}\n{"n": 4}\n'
-    mark_replayed(ratings)
+    mark_replayed(ratings, 5)
     ratings.write_text('{"n": 0}\n')  # a smaller one: nothing again, the count is kept
     assert unreplayed(ratings).read_text() == ""
-    mark_replayed(ratings)
+    mark_replayed(ratings, 1)
     assert json.loads((tmp_path / "replayed.json").read_text()) == {"lines": 5}
+
+
+def test_deliveries_count_the_applied_prefix_of_a_replayed_file() -> None:
+    """Lines 1-6 of a file: 3 is a reject (never sent), 6 is not acknowledged yet;
+    partition 0 applied up to offset 11 (next), partition 1 up to 5."""
+    from types import SimpleNamespace
+
+    from mekb.produce import Deliveries
+
+    d = Deliveries()
+    placed = {1: (0, 10), 2: (1, 4), 4: (1, 5), 5: (0, 11)}
+    for number in range(1, 7):
+        d.reached = number
+        if number != 3:
+            d.sending(number)
+        if number in placed:
+            part, offset = placed[number]
+            d.landed(number, SimpleNamespace(topic="t", partition=part, offset=offset))
+    assert d.ends("t") == {0: 12, 1: 6} and d.ends("other") == {}
+    # line 4 (partition 1, offset 5) is the first not applied: 3 lines need nothing more
+    assert d.applied_prefix("t", {0: 11, 1: 5}) == 3
+    assert d.applied_prefix("t", {0: 11, 1: 6}) == 4  # 5 is at offset 11 of partition 0
+    assert d.applied_prefix("t", {0: 12, 1: 6}) == 5  # 6 was never acknowledged
+    assert d.applied_prefix("t", {}) == 0
+    assert d.applied_prefix("other", {0: 99, 1: 99}) == 0  # applied in another topic
+    d.landed(6, SimpleNamespace(topic="t", partition=1, offset=6))
+    assert d.applied_prefix("t", {0: 12, 1: 7}) == 6

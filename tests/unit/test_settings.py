@@ -23,6 +23,17 @@ def test_invalid_env_value_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
 
 
+def test_an_empty_path_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    monkeypatch.setenv("MEKB_ALIAS_TABLE", "")
+    monkeypatch.setenv("MEKB_REGISTRY_DIR", " ")
+    monkeypatch.setenv("MEKB_TRAINER_STATE_DIR", "/srv/state")
+    s = Settings()
+    assert s.alias_table is None and s.registry_dir is None  # not Path("."), the cwd
+    assert s.trainer_state_dir == Path("/srv/state")
+
+
 def test_flavor_defaults_follow_bootstrap() -> None:
     assert Settings().flavor == "tansu"
     assert profile(Settings()) is TANSU
