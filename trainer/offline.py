@@ -34,7 +34,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,12 +195,17 @@ def load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
 
 
 def save_checkpoint(
-    directory: Path, model: EmbedMe, optimizer: torch.optim.Optimizer, progress: dict[str, Any]
+    directory: Path, model: EmbedMe, optimizer: torch.optim.Optimizer, progress: dict[str, Any],
+    extra: Callable[[Path], None] | None = None,
 ) -> None:
+    """`extra(directory)` writes what else a trainer resumes from (after the optimiser,
+    before the position that makes the checkpoint complete)."""
     directory.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(directory / PROGRESS, {**progress, "complete": False})
     model.save(directory / MODEL_DIR)  # 1. weights
     save_optimizer(optimizer, directory)  # 2. optimiser
+    if extra is not None:
+        extra(directory)
     _write_json_atomic(directory / PROGRESS, {**progress, "complete": True})  # 3. position
     logger.info("checkpoint at step %s -> %s", progress.get("step"), directory)
 

@@ -21,8 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from linker.base import PRODUCT
+from trainer import averaging
 from trainer.data.scenario import Scenario
 from trainer.entitygraph.data import MeKBIndex, ViewBatch, Views
 from trainer.entitygraph.model import EntityGraph, EntityGraphConfig
@@ -54,6 +56,9 @@ class EntityGraphTrainConfig:
     max_entities: int = 0  # 0 = the whole MeKB (no cut)
     multi_domain: bool = True  # every domain a target; False: the scenario's target only
     grad_clip: float = 5.0
+    # the model trained is the EMA of its weights (trainer/averaging.py), decay per
+    # optimiser step; 0 = the last step's weights. Chosen on validation (docs/results.md)
+    ema_decay: float = 0.995
     kg_batch: int = 2048  # TransE triples per step (with a tied knowledge graph)
     seed: int = 0
     checkpoint_every: int = 50  # optimiser steps
@@ -121,9 +126,11 @@ def make_index(model: EntityGraph, scenario: Scenario) -> MeKBIndex:
 
 
 def _checkpoint(directory: Path, model: EntityGraph, optimizer: torch.optim.Optimizer,
-                progress: dict[str, Any]) -> None:
-    # trainer/offline.py's checkpoint order and format; it only calls model.save()
-    save_checkpoint(directory, model, optimizer, progress)  # type: ignore[arg-type]
+                progress: dict[str, Any], ema: AveragedModel | None) -> None:
+    # trainer/offline.py's checkpoint order and format; it only calls model.save(). The
+    # raw weights are what training resumes from; the average is saved beside them.
+    save_checkpoint(directory, model, optimizer, progress,  # type: ignore[arg-type]
+                    extra=None if ema is None else lambda d: averaging.save(ema, d))
 
 
 def make_optimizer(model: EntityGraph, cfg: EntityGraphTrainConfig) -> torch.optim.Optimizer:
@@ -174,9 +181,12 @@ def train(
         logger.info("resuming from %s at epoch %d batch %d", checkpoint_dir, start_epoch, skip)
     model.train()
     optimizer = make_optimizer(model, cfg)
+    ema = averaging.averaged(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     if progress is not None:
         assert checkpoint_dir is not None
         load_optimizer(optimizer, checkpoint_dir)
+        if ema is not None and not averaging.load(ema, checkpoint_dir):
+            logger.info("checkpoint %s holds no weight average: it starts now", checkpoint_dir)
     drop_gen = torch.Generator().manual_seed(cfg.seed)
     kg_gen = torch.Generator().manual_seed(cfg.seed + 1)
     kg = getattr(scenario, "kg", None)
@@ -222,6 +232,8 @@ def train(
                 optimizer.step()
                 if transe is not None:
                     transe.renorm()
+                if ema is not None:
+                    ema.update_parameters(model)
                 result.steps += 1
                 result.examples += batch.n_examples
                 result.users_seen += len(batch.rows)
@@ -229,19 +241,23 @@ def train(
                 bar.update(1)
                 stop = sigint.hit or (max_steps is not None and result.steps >= max_steps)
                 if checkpoint_dir and (stop or result.steps % cfg.checkpoint_every == 0):
-                    _checkpoint(checkpoint_dir, model, optimizer, position(epoch, b + 1))
+                    _checkpoint(checkpoint_dir, model, optimizer, position(epoch, b + 1), ema)
                 if stop:
                     bar.close()
                     result.seconds = time.perf_counter() - t0
                     model.eval()
                     if sigint.hit:
                         raise TrainingInterrupted(str(checkpoint_dir))
+                    if ema is not None:
+                        averaging.copy_into(model, ema)
                     return result
             bar.close()
             skip = 0
             result.epochs_done = epoch + 1
             if checkpoint_dir:
-                _checkpoint(checkpoint_dir, model, optimizer, position(epoch + 1, 0))
+                _checkpoint(checkpoint_dir, model, optimizer, position(epoch + 1, 0), ema)
     result.seconds = time.perf_counter() - t0
     model.eval()
+    if ema is not None:
+        averaging.copy_into(model, ema)
     return result
