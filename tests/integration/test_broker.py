@@ -58,3 +58,12 @@ def test_create_topics_is_idempotent(settings) -> None:  # type: ignore[no-untyp
         assert all(len(meta[name]["partitions"]) == settings.partitions for name in first)
     finally:
         admin.close()
+
+
+def test_broker_runs_in_its_own_session(broker: EmbeddedBroker) -> None:
+    """A terminal's Ctrl-C (SIGINT to the foreground process group) must reach only the
+    broker's owner, which stops its clients first and the broker last (`mekb up`)."""
+    import os
+
+    assert broker.pid is not None
+    assert os.getsid(broker.pid) == broker.pid != os.getsid(0)
