@@ -1,6 +1,7 @@
 """Weight averaging (trainer/averaging.py) and EntityGraph's offline training with it:
 the warmed-up decay, the average against a hand computation, and a resumed run that
-ends with the same averaged model as an uninterrupted one."""
+ends with the same averaged model as an uninterrupted one (the dropout masks are drawn
+per step, so a resume repeats none)."""
 
 from __future__ import annotations
 
@@ -72,6 +73,9 @@ def test_entitygraph_training_returns_the_average_and_resumes_it(tmp_path: Path)
         saved = load_file(str(tmp_path / run / averaging.EMA_FILE))
         assert int(saved["n_averaged"]) == first_whole.steps
         assert torch.equal(saved["module.item_table"], model.item_table.detach())
+    # the same steps, dropout masks included, and the same average: the same model
+    for name, value in whole.state_dict().items():
+        assert torch.allclose(value, resumed.state_dict()[name], atol=1e-6), name
 
     plain = build_model(mcfg, sc)
     train(plain, sc, EntityGraphTrainConfig(epochs=2, batch_users=16, progress=False,

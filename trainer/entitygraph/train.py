@@ -133,6 +133,10 @@ def _checkpoint(directory: Path, model: EntityGraph, optimizer: torch.optim.Opti
                     extra=None if ema is None else lambda d: averaging.save(ema, d))
 
 
+def _step_seed(seed: int, step: int, stream: int) -> int:
+    return (seed * 1_000_003 + step) * 2 + stream
+
+
 def make_optimizer(model: EntityGraph, cfg: EntityGraphTrainConfig) -> torch.optim.Optimizer:
     dense = [p for n, p in model.named_parameters()
              if p.requires_grad and n not in ("entity_table", "item_table")]
@@ -187,8 +191,9 @@ def train(
         load_optimizer(optimizer, checkpoint_dir)
         if ema is not None and not averaging.load(ema, checkpoint_dir):
             logger.info("checkpoint %s holds no weight average: it starts now", checkpoint_dir)
-    drop_gen = torch.Generator().manual_seed(cfg.seed)
-    kg_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    # re-seeded every step from (seed, step): a resumed run draws the dropout masks and
+    # TransE samples an uninterrupted one would have drawn at the same steps
+    drop_gen, kg_gen = torch.Generator(), torch.Generator()
     kg = getattr(scenario, "kg", None)
     transe = model.transe
     triples = torch.tensor(kg.triples) if transe is not None and kg is not None \
@@ -215,6 +220,8 @@ def train(
             for b in range(first, len(batches)):
                 batch = batches[b]
                 mask = batch.mask
+                drop_gen.manual_seed(_step_seed(cfg.seed, result.steps, 0))
+                kg_gen.manual_seed(_step_seed(cfg.seed, result.steps, 1))
                 if model.config.dropout > 0:
                     keep = torch.rand(mask.shape, generator=drop_gen) >= model.config.dropout
                     mask = mask & keep
