@@ -4,7 +4,8 @@ trainer hands out instead of the last step's.
 With a constant learning rate the last iterate wanders around the optimum by one
 step's noise; the average of the recent iterates sits nearer to it. On ml-100k's
 validation split (docs/results.md, "EntityGraph: averaged weights") it raised
-EntityGraph's zero-shot HR@10 on each of four seeds, and the other buckets with it.
+EntityGraph's zero-shot HR@10 and NDCG@10 on each of four seeds (means 0.397 / 0.213 ->
+0.405 / 0.224).
 
 The decay warms up as (1 + n) / (10 + n) after n updates, capped at `decay`: a short
 run averages its own last ~10 % instead of being dominated by the first weights.
