@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--config", action="append", default=[],
                         help="JSON object of the method's parameters (repeatable)")
+    parser.add_argument("--ensemble", type=int, default=1,
+                        help="average the scores of N fits (model seeds seed + 7919·k)")
     args = parser.parse_args()
     try:
         configs = [json.loads(c) for c in args.config] or [{}]
@@ -46,6 +48,8 @@ def main() -> None:
     scenarios = {s: build_scenario(data, replace(scenario_config(args.dataset, None, 0, None, 5),
                                                  seed=s)) for s in args.seeds}
     factory = method_factory(args.method)
+    if args.ensemble > 1:
+        factory = _ensemble(factory, args.ensemble)
     means = []
     for params in configs:
         zero_shot = []
@@ -64,6 +68,24 @@ def main() -> None:
     print(f"validation zero-shot HR@10 / NDCG@10, mean over seeds {args.seeds}:")
     for params, hr, ndcg in means:
         print(f"  {json.dumps(params)}: {hr:.3f} / {ndcg:.3f}")
+
+
+def _ensemble(factory, n):  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    class Ensemble:
+        def __init__(self, **params):  # type: ignore[no-untyped-def]
+            self.members = [factory(**params) for _ in range(n)]
+            self.name = f"{self.members[0].name} x{n}"
+
+        def fit(self, scenario, seed):  # type: ignore[no-untyped-def]
+            for k, member in enumerate(self.members):
+                member.fit(scenario, seed + 7919 * k)
+
+        def score(self, users):  # type: ignore[no-untyped-def]
+            return np.mean([m.score(users) for m in self.members], axis=0)
+
+    return Ensemble
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ class MeKBIndex:
         domains: Sequence[str],
         *,
         k_star: float = 5.0,
+        user_entities: bool = False,
     ) -> None:
         self.k_star = k_star
         self.domains = list(domains)
@@ -72,6 +73,11 @@ class MeKBIndex:
                     pi.append(n)
                     pe.append(local.setdefault(row, len(local)))
                     pw.append(ent.weight)
+                urow = entity_row.get(f"user:{user}@{r.domain}") if user_entities else None
+                if urow is not None:
+                    pi.append(n)
+                    pe.append(local.setdefault(urow, len(local)))
+                    pw.append(1.0)
             ents = np.fromiter(local, dtype=np.int64, count=len(local))
             df[ents] += 1
             self.users[user] = _UserMeKB(
