@@ -51,7 +51,6 @@ class MeKBIndex:
         domains: Sequence[str],
         *,
         k_star: float = 5.0,
-        user_entities: bool = False,
     ) -> None:
         self.k_star = k_star
         self.domains = list(domains)
@@ -73,11 +72,6 @@ class MeKBIndex:
                     pi.append(n)
                     pe.append(local.setdefault(row, len(local)))
                     pw.append(ent.weight)
-                urow = entity_row.get(f"user:{user}@{r.domain}") if user_entities else None
-                if urow is not None:
-                    pi.append(n)
-                    pe.append(local.setdefault(urow, len(local)))
-                    pw.append(1.0)
             ents = np.fromiter(local, dtype=np.int64, count=len(local))
             df[ents] += 1
             self.users[user] = _UserMeKB(

@@ -52,10 +52,6 @@ class EntityGraphConfig:
     dim: int = 64  # K (user and item vectors)
     hidden: int = 256  # MLP hidden width
     attn_dim: int = 16  # additive attention width (chosen on validation)
-    heads: int = 1  # PROBE: attention pools, concatenated before the MLP
-    user_entities: bool = False  # PROBE: a (user, domain) entity in each MeKB
-    user_detach: bool = True  # PROBE: it learns from views of its own domain only
-    user_init: float = 0.0  # PROBE: init std of its vector (× 1/sqrt(H))
     prior: float = 1.0  # initial β (weight of log MeKBScore); 0 with learn_prior=False: none
     learn_prior: bool = True
     dropout: float = 0.1  # training: each MeKB entity dropped with this probability
@@ -92,13 +88,12 @@ class EntityGraph(nn.Module):
         self.config = config
         self.vector_dim = vector_dim
         self.attn = nn.Linear(vector_dim, config.attn_dim)
-        shape = (config.attn_dim,) if config.heads == 1 else (config.attn_dim, config.heads)
-        self.query = nn.Parameter(torch.randn(*shape) / config.attn_dim ** 0.5)
+        self.query = nn.Parameter(torch.randn(config.attn_dim) / config.attn_dim ** 0.5)
         # β = softplus(raw) ≥ 0 so a larger prior can only move weight toward an entity
         raw = _inv_softplus(config.prior) if config.prior > 0 else -30.0
         self.prior_raw = nn.Parameter(torch.tensor(float(raw)),
                                       requires_grad=config.learn_prior)
-        self.mlp = nn.Sequential(nn.Linear(vector_dim * config.heads, config.hidden), nn.GELU(),
+        self.mlp = nn.Sequential(nn.Linear(vector_dim, config.hidden), nn.GELU(),
                                  nn.Linear(config.hidden, config.dim))
         self.entity_table = nn.Parameter(torch.empty(0, vector_dim),
                                          requires_grad=config.finetune_entities)
@@ -149,11 +144,6 @@ class EntityGraph(nn.Module):
 
     def encode(self, vectors: Tensor, scores: Tensor, mask: Tensor) -> Tensor:
         """vectors [B, L, H], scores [B, L] (MeKBScore), mask [B, L] (1 = entity) → [B, K]."""
-        if self.config.heads > 1:
-            logits = self.attention_logits(vectors).transpose(1, 2)  # [B, h, L]
-            weights = self._weights(logits, scores.unsqueeze(1), mask.unsqueeze(1))
-            pooled = torch.einsum("bhl,bld->bhd", weights, vectors).flatten(1)
-            return self._finish(self.mlp(pooled))
         weights = self.attention(vectors, scores, mask)
         pooled = (weights.unsqueeze(-1) * vectors).sum(1)
         return self._finish(self.mlp(pooled))

@@ -59,7 +59,6 @@ class EntityGraphTrainConfig:
     # the model trained is the EMA of its weights (trainer/averaging.py), decay per
     # optimiser step; 0 = the last step's weights. Chosen on validation (docs/results.md)
     ema_decay: float = 0.995
-    lr_schedule: str = "constant"  # PROBE: "cosine" decays every group's lr to 0
     kg_batch: int = 2048  # TransE triples per step (with a tied knowledge graph)
     seed: int = 0
     checkpoint_every: int = 50  # optimiser steps
@@ -108,11 +107,6 @@ def build_model(config: EntityGraphConfig, scenario: Scenario, *,
                       if nodes})
         model.attach_kg(kg.n_entities, kg.n_relations, links, entity_ids=kg.entities,
                         relation_ids=kg.relations)
-    if config.user_entities:
-        uids = sorted({user_entity(r.user_id, r.domain) for r in scenario.train})
-        gen = np.random.default_rng(seed + 17)
-        model.add_entities(uids, (config.user_init * gen.standard_normal((len(uids), dim))
-                                  / math.sqrt(dim)).astype(np.float32))
     items = sorted(scenario.items)
     model.add_items(items, [scenario.items[i].domain for i in items])
     return model
@@ -126,25 +120,9 @@ def vector_dim_of(encoder: str | None) -> int:
     return int(AutoConfig.from_pretrained(encoder or default_encoder()).hidden_size)
 
 
-def user_entity(user: str, domain: str) -> str:
-    return f"user:{user}@{domain}"
-
-
 def make_index(model: EntityGraph, scenario: Scenario) -> MeKBIndex:
     return MeKBIndex(scenario.entities, scenario.train, model._erow,
-                     scenario_domains(scenario), k_star=model.config.k_star,
-                     user_entities=model.config.user_entities)
-
-
-def entity_domains(model: EntityGraph, domains: list[str]) -> torch.Tensor:
-    """Per entity row: the domain index of a (user, domain) entity, -1 otherwise."""
-    out = torch.full((len(model.entity_ids),), -1, dtype=torch.long)
-    for e, row in model._erow.items():
-        if e.startswith("user:"):
-            d = e.rsplit("@", 1)[1]
-            if d in domains:
-                out[row] = domains.index(d)
-    return out
+                     scenario_domains(scenario), k_star=model.config.k_star)
 
 
 def _checkpoint(directory: Path, model: EntityGraph, optimizer: torch.optim.Optimizer,
@@ -220,12 +198,7 @@ def train(
     transe = model.transe
     triples = torch.tensor(kg.triples) if transe is not None and kg is not None \
         and len(kg.triples) else None
-    all_domains = scenario_domains(scenario)
-    ent_dom = entity_domains(model, all_domains) if (
-        model.config.user_entities and model.config.user_detach) else None
     t0 = time.perf_counter()
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-    total_steps = max(1, cfg.epochs * views.n_batches())
 
     def position(epoch: int, batch: int) -> dict[str, Any]:
         return {"epoch": epoch, "batch": batch, "step": result.steps, "examples":
@@ -252,25 +225,13 @@ def train(
                 if model.config.dropout > 0:
                     keep = torch.rand(mask.shape, generator=drop_gen) >= model.config.dropout
                     mask = mask & keep
-                if ent_dom is None:
-                    users = model.encode_rows(batch.rows, batch.scores, mask)
-                else:
-                    vecs = model.entity_vectors(batch.rows)
-                    dom = ent_dom[batch.rows]
-                    other = (dom >= 0) & (dom != all_domains.index(batch.domain))
-                    vecs = torch.where(other.unsqueeze(-1), vecs.detach(), vecs)
-                    users = model.encode(vecs, batch.scores, mask)
+                users = model.encode_rows(batch.rows, batch.scores, mask)
                 logits = users @ model.item_table[domain_rows[batch.domain]].t()
                 loss = multi_positive_softmax(logits, batch.positives, batch.pos_mask)
                 if triples is not None and transe is not None:
                     pick = torch.randint(len(triples), (cfg.kg_batch,), generator=kg_gen)
                     loss = loss + model.config.kg_weight * transe.loss(
                         triples[pick], model.config.kg_margin, kg_gen)
-                if cfg.lr_schedule == "cosine":
-                    factor = 0.5 * (1 + math.cos(math.pi * min(result.steps, total_steps)
-                                                 / total_steps))
-                    for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
-                        g["lr"] = base * factor
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
