@@ -102,6 +102,8 @@ METHODS: dict[str, tuple[str, str]] = {
     "entitygraph": ("EntityGraph", "trainer.entitygraph.scorer:EntityGraphScorer"),
     "entitygraph-target": ("EntityGraph (target only)",
                            "trainer.entitygraph.scorer:EntityGraphTargetOnly"),
+    # zero-shot users through EMCDR's target side (trainer/entitygraph/mapped.py)
+    "entitygraph-mf": ("EntityGraph+MF (hybrid)", "trainer.entitygraph.mapped:EntityGraphMF"),
 }
 
 

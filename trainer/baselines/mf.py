@@ -106,6 +106,22 @@ class CMF(_Indexed):
         return (self.U[rows] @ self.V.t()).numpy()
 
 
+def fit_mapping(xs: torch.Tensor, ys: torch.Tensor, *, seed: int, epochs: int) -> nn.Module:
+    """EMCDR's mapping: a one-hidden-layer MLP (tanh, 2× the output width) from user
+    vectors `xs` to `ys` (the target MF's vectors of the same users), full-batch Adam on
+    the MSE."""
+    torch.manual_seed(seed)
+    out = ys.shape[1]
+    mapping = nn.Sequential(nn.Linear(xs.shape[1], 2 * out), nn.Tanh(), nn.Linear(2 * out, out))
+    opt = torch.optim.Adam(mapping.parameters(), lr=1e-3, weight_decay=1e-5)
+    for _ in range(epochs):
+        loss = nn.functional.mse_loss(mapping(xs), ys)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return mapping
+
+
 class EMCDR(_Indexed):
     name = "EMCDR"
     search_space: ClassVar[dict[str, list[Any]]] = {
@@ -128,16 +144,8 @@ class EMCDR(_Indexed):
         has_t = torch.zeros(n, dtype=torch.bool)
         has_t[tu] = True
         both = torch.nonzero(has_s & has_t).squeeze(1)
-        torch.manual_seed(seed)
-        mapping = nn.Sequential(nn.Linear(self.dim, 2 * self.dim), nn.Tanh(),
-                                nn.Linear(2 * self.dim, self.dim))
-        opt = torch.optim.Adam(mapping.parameters(), lr=1e-3, weight_decay=1e-5)
-        xs, ys = Us.weight.detach()[both], Ut.weight.detach()[both]
-        for _ in range(self.map_epochs):
-            loss = nn.functional.mse_loss(mapping(xs), ys)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        mapping = fit_mapping(Us.weight.detach()[both], Ut.weight.detach()[both],
+                              seed=seed, epochs=self.map_epochs)
         with torch.no_grad():
             mapped = mapping(Us.weight)
         user = torch.where(has_t.unsqueeze(1), Ut.weight.detach(), mapped)
