@@ -27,7 +27,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 
 class _Fixed:
@@ -43,25 +42,10 @@ class _Fixed:
         return (self.U[rows] @ self.V.t()).numpy()
 
 
-def _map(xs: torch.Tensor, ys: torch.Tensor, x_all: torch.Tensor, seed: int,
-         epochs: int = 200) -> torch.Tensor:
-    torch.manual_seed(seed)
-    dim_in, dim = xs.shape[1], ys.shape[1]
-    mapping = nn.Sequential(nn.Linear(dim_in, 2 * dim), nn.Tanh(), nn.Linear(2 * dim, dim))
-    opt = torch.optim.Adam(mapping.parameters(), lr=1e-3, weight_decay=1e-5)
-    for _ in range(epochs):
-        loss = nn.functional.mse_loss(mapping(xs), ys)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        return mapping(x_all)
-
-
 def main() -> None:
     from mekb.cli.train import load, scenario_config
     from trainer.baselines.common import softmax_mf
-    from trainer.baselines.mf import EMCDR
+    from trainer.baselines.mf import EMCDR, fit_mapping
     from trainer.data.scenario import build_scenario
     from trainer.entitygraph.scorer import EntityGraphScorer
     from trainer.evaluate import evaluate
@@ -100,7 +84,9 @@ def main() -> None:
         inputs = {"source-mf": x_mf, "entitygraph": x_eg, "both": torch.cat([x_mf, x_eg], 1)}
         ut = Ut.weight.detach()
         for name, x in inputs.items():
-            mapped = _map(x[both], ut[both], x, seed)
+            mapping = fit_mapping(x[both], ut[both], seed=seed, epochs=200)
+            with torch.no_grad():
+                mapped = mapping(x)
             U = torch.where(has_t.unsqueeze(1), ut, mapped)
             m = evaluate(_Fixed(name, em.u_row, U, Vt.weight.detach()), sc, seed=seed,
                          split="valid")
