@@ -59,8 +59,6 @@ class EntityGraphTrainConfig:
     # the model trained is the EMA of its weights (trainer/averaging.py), decay per
     # optimiser step; 0 = the last step's weights. Chosen on validation (docs/results.md)
     ema_decay: float = 0.995
-    item_init: str = "random"  # PROBE: "mf" = each domain's item rows from a softmax MF
-    item_lr_scale: float = 1.0  # PROBE: the item table's lr / lr (0 = frozen)
     kg_batch: int = 2048  # TransE triples per step (with a tied knowledge graph)
     seed: int = 0
     checkpoint_every: int = 50  # optimiser steps
@@ -139,28 +137,12 @@ def _step_seed(seed: int, step: int, stream: int) -> int:
     return (seed * 1_000_003 + step) * 2 + stream
 
 
-def _mf_item_rows(model: EntityGraph, scenario: Scenario, domain_rows: dict[str, Any],
-                  item_col: dict[str, dict[str, int]], seed: int) -> None:
-    from trainer.baselines.common import softmax_mf
-
-    users = {u: k for k, u in enumerate(sorted({r.user_id for r in scenario.train}))}
-    for d, rows in domain_rows.items():
-        col = item_col[d]
-        pairs = [(users[r.user_id], col[r.item_id]) for r in scenario.train
-                 if r.domain == d and r.item_id in col]
-        t = torch.tensor(pairs, dtype=torch.long)
-        _, V = softmax_mf(t[:, 0], t[:, 1], len(users), len(rows), dim=model.config.dim,
-                          epochs=30, seed=seed + 1)
-        with torch.no_grad():
-            model.item_table[rows] = V.weight.detach()
-
-
 def make_optimizer(model: EntityGraph, cfg: EntityGraphTrainConfig) -> torch.optim.Optimizer:
     dense = [p for n, p in model.named_parameters()
              if p.requires_grad and n not in ("entity_table", "item_table")]
     groups: list[dict[str, Any]] = [
         {"params": dense, "weight_decay": cfg.weight_decay},
-        {"params": [model.item_table], "weight_decay": 0.0, "lr": cfg.lr * cfg.item_lr_scale},
+        {"params": [model.item_table], "weight_decay": 0.0},
     ]
     if model.entity_table.requires_grad:
         groups.append({"params": [model.entity_table], "lr": cfg.entity_lr, "weight_decay": 0.0})
@@ -201,8 +183,6 @@ def train(
         result.steps = result.resumed_from = int(progress["step"])
         result.examples = int(progress.get("examples", 0))
         logger.info("resuming from %s at epoch %d batch %d", checkpoint_dir, start_epoch, skip)
-    if progress is None and cfg.item_init == "mf":
-        _mf_item_rows(model, scenario, domain_rows, item_col, cfg.seed)
     model.train()
     optimizer = make_optimizer(model, cfg)
     ema = averaging.averaged(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
