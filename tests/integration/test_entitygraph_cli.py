@@ -87,3 +87,24 @@ def test_train_rejects_unknown_model_kind(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "mekb: error:" in result.stderr and "nope" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_evaluate_runs_the_entitygraph_mf_hybrid_next_to_its_parts(tmp_path: Path) -> None:
+    """`mekb evaluate --methods emcdr,entitygraph,entitygraph-mf` as a real process: one
+    record per method; the hybrid scores users with target training records exactly as
+    EntityGraph does (the same fit), so its multi-shot figures equal EntityGraph's, and
+    its zero-shot users (EMCDR's target side) do not."""
+    records = tmp_path / "runs.jsonl"
+    result = subprocess.run(
+        _mekb("evaluate", "--dataset", "synthetic:3", "--methods",
+              "emcdr,entitygraph,entitygraph-mf", "--seeds", "0", "--out", str(records)),
+        env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    by_method = {r["method"]: r for r in map(json.loads, records.read_text().splitlines())}
+    assert set(by_method) == {"EMCDR", "EntityGraph", "EntityGraph+MF (hybrid)"}
+    eg, hybrid = by_method["EntityGraph"]["metrics"], \
+        by_method["EntityGraph+MF (hybrid)"]["metrics"]
+    assert hybrid["multi-shot"]["n"] > 0 and hybrid["zero-shot"]["n"] > 0
+    assert hybrid["multi-shot"]["HR@10"] == eg["multi-shot"]["HR@10"]
+    assert hybrid["multi-shot"]["NDCG@10"] == eg["multi-shot"]["NDCG@10"]
+    assert hybrid["zero-shot"]["NDCG@10"] != eg["zero-shot"]["NDCG@10"]
