@@ -34,6 +34,7 @@ import os
 import random
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -262,6 +263,12 @@ class _Sigint:
 # ---- training ---------------------------------------------------------------------------
 
 
+def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    """The global RNG's seed for one micro-batch (distinct per rank: DDP replicas draw
+    their own dropout masks)."""
+    return (((seed * 1_000_003 + epoch) * 1_000_003 + batch) * 1_024 + rank) % (2**63)
+
+
 def train(
     model: EmbedMe,
     scenario: Scenario,
@@ -309,8 +316,10 @@ def train(
     scheduler = build_scheduler(
         optimizer, int(round(cfg.warmup_epochs * per_epoch)), total_steps
     )
-    for _ in range(result.steps):  # schedule position (LambdaLR is a pure function of it)
-        scheduler.step()
+    with warnings.catch_warnings():  # torch warns of a step before any optimiser step
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        for _ in range(result.steps):  # schedule position (LambdaLR: a function of it)
+            scheduler.step()
     net: torch.nn.Module = model
     if distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -335,6 +344,9 @@ def train(
             for b, batch in enumerate(data.batches(epoch, rank, world)):
                 if epoch == start_epoch and b < skip_batches:
                     continue
+                # dropout masks and sampled negatives drawn from (seed, epoch, batch, rank):
+                # a resumed run draws what the uninterrupted one drew at the same batch
+                torch.manual_seed(batch_seed(cfg.seed, epoch, b, rank))
                 enc = model.tokenize(batch.texts)
                 ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
                 pos, pmask = batch.positives.to(device), batch.pos_mask.to(device)

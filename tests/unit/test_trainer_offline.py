@@ -149,3 +149,26 @@ def test_tiny_training_lowers_loss_and_checkpoints(tiny, tmp_path: Path) -> None
     progress = read_progress(tmp_path / "ck")
     assert progress is not None and progress["epoch"] == 3 and progress["step"] == result.steps
     assert (tmp_path / "ck" / "model" / "model.safetensors").is_file()
+
+
+def test_resumed_training_repeats_the_uninterrupted_run(tiny, tmp_path: Path) -> None:
+    """Stopped after 2 steps and resumed from the checkpoint, EmbedMe ends with the very
+    weights of a run that was never stopped: the dropout masks are drawn per batch from
+    the seed, not from wherever the process's RNG happened to be."""
+    import copy
+
+    model, sc = tiny
+    ensure_items(model, sc)
+    cfg = TrainConfig(epochs=1, batch_users=8, lr=2e-3, item_lr=5e-2, warmup_epochs=0.5,
+                      progress=False, checkpoint_every=100, freeze_layers=5)
+    whole, part = copy.deepcopy(model), copy.deepcopy(model)
+    train(whole, sc, cfg, max_steps=4)
+    train(part, sc, cfg, checkpoint_dir=tmp_path / "ck", max_steps=2)
+    torch.manual_seed(12345)  # another process: its RNG is anywhere
+    resumed = copy.deepcopy(model)
+    result = train(resumed, sc, cfg, checkpoint_dir=tmp_path / "ck", max_steps=4)
+    assert result.resumed_from == 2 and result.steps == 4
+    want, got = whole.state_dict(), resumed.state_dict()
+    assert want.keys() == got.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0, msg=name)
