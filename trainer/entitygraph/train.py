@@ -59,6 +59,9 @@ class EntityGraphTrainConfig:
     # the model trained is the EMA of its weights (trainer/averaging.py), decay per
     # optimiser step; 0 = the last step's weights. Chosen on validation (docs/results.md)
     ema_decay: float = 0.995
+    distill: float = 0.0  # PROBE: weight of MSE(tower, free user vector)
+    distill_cold_only: bool = False  # PROBE
+    user_mf: bool = False  # PROBE: free user vectors trained by CE (also with distill > 0)
     kg_batch: int = 2048  # TransE triples per step (with a tied knowledge graph)
     seed: int = 0
     checkpoint_every: int = 50  # optimiser steps
@@ -185,6 +188,13 @@ def train(
         logger.info("resuming from %s at epoch %d batch %d", checkpoint_dir, start_epoch, skip)
     model.train()
     optimizer = make_optimizer(model, cfg)
+    free = None
+    if cfg.user_mf or cfg.distill > 0:
+        uid = {u: k for k, u in enumerate(sorted(views.index.users))}
+        free = torch.nn.Embedding(len(uid), model.config.dim)
+        torch.nn.init.normal_(free.weight, std=0.01)
+        optimizer.add_param_group({"params": list(free.parameters()), "lr": cfg.entity_lr,
+                                   "weight_decay": 0.0})
     ema = averaging.averaged(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     if progress is not None:
         assert checkpoint_dir is not None
@@ -228,6 +238,18 @@ def train(
                 users = model.encode_rows(batch.rows, batch.scores, mask)
                 logits = users @ model.item_table[domain_rows[batch.domain]].t()
                 loss = multi_positive_softmax(logits, batch.positives, batch.pos_mask)
+                if free is not None:
+                    assert batch.users is not None and batch.cold is not None
+                    pu = free(torch.tensor([uid[u] for u in batch.users]))
+                    mf_logits = pu @ model.item_table[domain_rows[batch.domain]].t()
+                    loss = loss + multi_positive_softmax(mf_logits, batch.positives,
+                                                         batch.pos_mask)
+                    if cfg.distill > 0:
+                        err = ((users - pu.detach()) ** 2).mean(-1)
+                        if cfg.distill_cold_only:
+                            w = batch.cold.float()
+                            err = err * w / w.sum().clamp(min=1) * len(w)
+                        loss = loss + cfg.distill * err.mean()
                 if triples is not None and transe is not None:
                     pick = torch.randint(len(triples), (cfg.kg_batch,), generator=kg_gen)
                     loss = loss + model.config.kg_weight * transe.loss(
