@@ -91,6 +91,9 @@ def train(
                                     help="EntityGraph: the model saved is the exponential "
                                     "moving average of its weights, this decay per step "
                                     "(0 = the last step's weights)."),
+    distill: float = typer.Option(3.0, "--distill", min=0.0, help="EntityGraph: weight of "
+                                  "the pull of the tower toward free per-user vectors "
+                                  "trained beside it (training only; 0 = none)."),
     entity_cache: Path = typer.Option(None, "--entity-cache", help="EntityGraph title-vector "
                                       "cache (default MEKB_DATA_DIR/entity-vectors)."),
     loss: str = typer.Option("full", "--loss", help="full | sampled (log-Q corrected)."),
@@ -129,8 +132,9 @@ def train(
             sc, out, dataset=dataset, seed=seed, epochs=epochs or 30,
             batch_users=batch_users, lr=1e-3 if lr is None else lr, entity_lr=entity_lr,
             dim=dim or 64, encoder=encoder, pretrained=not no_plm,
-            multi_domain=multi_domain, ema_decay=ema_decay, cache=entity_cache, resume=resume,
-            max_steps=max_steps, checkpoint_every=checkpoint_every, progress=progress)
+            multi_domain=multi_domain, ema_decay=ema_decay, distill=distill, cache=entity_cache,
+            resume=resume, max_steps=max_steps, checkpoint_every=checkpoint_every,
+            progress=progress)
         return
     if model_kind in KGREC:
         _train_kgrec(sc, out, dataset=dataset, seed=seed, method=KGREC[model_kind],
@@ -191,8 +195,8 @@ def _write_summary(out: Path, summary: dict[str, Any], result: Any) -> None:
 def _train_entitygraph(sc: Any, out: Path, *, dataset: str, seed: int, epochs: int,
                        batch_users: int, lr: float, entity_lr: float, dim: int,
                        encoder: str | None, pretrained: bool, multi_domain: bool,
-                       ema_decay: float, cache: Path | None, resume: bool, max_steps: int | None,
-                       checkpoint_every: int, progress: bool) -> None:
+                       ema_decay: float, distill: float, cache: Path | None, resume: bool,
+                       max_steps: int | None, checkpoint_every: int, progress: bool) -> None:
     from mekb.cli.common import settings_with
     from trainer.entitygraph.model import EntityGraphConfig
     from trainer.entitygraph.train import EntityGraphTrainConfig, build_model
@@ -201,7 +205,7 @@ def _train_entitygraph(sc: Any, out: Path, *, dataset: str, seed: int, epochs: i
     model_cfg = EntityGraphConfig(dim=dim, encoder=encoder, pretrained=pretrained)
     train_cfg = EntityGraphTrainConfig(
         epochs=epochs, batch_users=batch_users, lr=lr, entity_lr=entity_lr,
-        multi_domain=multi_domain, ema_decay=ema_decay, seed=seed,
+        multi_domain=multi_domain, ema_decay=ema_decay, distill=distill, seed=seed,
         checkpoint_every=checkpoint_every, progress=progress)
     model = build_model(model_cfg, sc, seed=seed,
                         cache_dir=cache or settings_with().data_dir / "entity-vectors")

@@ -133,8 +133,7 @@ class ViewBatch:
     mask: Tensor  # [B, L] bool
     positives: Tensor  # [B, P] column within the domain's item rows
     pos_mask: Tensor  # [B, P] bool
-    users: list[str] | None = None  # PROBE
-    cold: Tensor | None = None  # PROBE [B] bool
+    users: list[str]  # whose view each row is
 
     @property
     def n_examples(self) -> int:
@@ -173,8 +172,7 @@ class Views:
         cols = self.item_col[domain]
         mine = [n for n in np.flatnonzero(u.item_domain == di) if u.items[n] in cols]
         rng = random.Random(f"{self.seed}-{epoch}-{user}-{domain}")
-        self._last_cold = len(mine) == 1 or rng.random() < self.p_cold
-        if self._last_cold:
+        if len(mine) == 1 or rng.random() < self.p_cold:
             positives = list(mine)
             hidden = np.zeros(len(u.items), dtype=bool)
             hidden[np.flatnonzero(u.item_domain == di)] = True
@@ -205,12 +203,11 @@ class Views:
         return out
 
     def _batch(self, tasks: Sequence[tuple[str, str]], domain: str, epoch: int) -> ViewBatch:
-        mekbs, pos, cold = [], [], []
+        mekbs, pos = [], []
         for user, _ in tasks:
             m, p = self._view(user, domain, epoch)
             mekbs.append(m)
             pos.append(p)
-            cold.append(self._last_cold)
         rows, scores, mask = pad(mekbs, self.max_entities)
         width = max(len(p) for p in pos)
         positives = torch.zeros(len(tasks), width, dtype=torch.long)
@@ -218,5 +215,4 @@ class Views:
         for i, p in enumerate(pos):
             positives[i, : len(p)] = torch.tensor(p, dtype=torch.long)
             pmask[i, : len(p)] = True
-        return ViewBatch(domain, rows, scores, mask, positives, pmask,
-                         [u for u, _ in tasks], torch.tensor(cold, dtype=torch.bool))
+        return ViewBatch(domain, rows, scores, mask, positives, pmask, [u for u, _ in tasks])

@@ -27,6 +27,7 @@ from linker.base import PRODUCT
 from trainer import averaging
 from trainer.data.scenario import Scenario
 from trainer.entitygraph.data import MeKBIndex, ViewBatch, Views
+from trainer.entitygraph.distill import UserVectors
 from trainer.entitygraph.model import EntityGraph, EntityGraphConfig
 from trainer.entitygraph.vectors import EntityVectorCache, TitleEncoder
 from trainer.losses import multi_positive_softmax
@@ -59,9 +60,9 @@ class EntityGraphTrainConfig:
     # the model trained is the EMA of its weights (trainer/averaging.py), decay per
     # optimiser step; 0 = the last step's weights. Chosen on validation (docs/results.md)
     ema_decay: float = 0.995
-    distill: float = 0.0  # PROBE: weight of MSE(tower, free user vector)
-    distill_cold_only: bool = False  # PROBE
-    user_mf: bool = False  # PROBE: free user vectors trained by CE (also with distill > 0)
+    # weight of the pull of the tower's vector toward each training user's free vector
+    # (trainer/entitygraph/distill.py); 0 = no free vectors. Chosen on validation
+    distill: float = 3.0
     kg_batch: int = 2048  # TransE triples per step (with a tied knowledge graph)
     seed: int = 0
     checkpoint_every: int = 50  # optimiser steps
@@ -129,15 +130,28 @@ def make_index(model: EntityGraph, scenario: Scenario) -> MeKBIndex:
 
 
 def _checkpoint(directory: Path, model: EntityGraph, optimizer: torch.optim.Optimizer,
-                progress: dict[str, Any], ema: AveragedModel | None) -> None:
+                progress: dict[str, Any], ema: AveragedModel | None,
+                free: UserVectors | None) -> None:
     # trainer/offline.py's checkpoint order and format; it only calls model.save(). The
-    # raw weights are what training resumes from; the average is saved beside them.
-    save_checkpoint(directory, model, optimizer, progress,  # type: ignore[arg-type]
-                    extra=None if ema is None else lambda d: averaging.save(ema, d))
+    # raw weights are what training resumes from; the average and the free user vectors
+    # are saved beside them.
+    def extra(d: Path) -> None:
+        if ema is not None:
+            averaging.save(ema, d)
+        if free is not None:
+            free.save(d)
+
+    save_checkpoint(directory, model, optimizer, progress, extra=extra)  # type: ignore[arg-type]
 
 
 def _step_seed(seed: int, step: int, stream: int) -> int:
     return (seed * 1_000_003 + step) * 2 + stream
+
+
+def _add_group(optimizer: torch.optim.Optimizer, free: UserVectors,
+               cfg: EntityGraphTrainConfig) -> None:
+    optimizer.add_param_group({"params": [free.table], "lr": cfg.entity_lr,
+                               "weight_decay": 0.0})
 
 
 def make_optimizer(model: EntityGraph, cfg: EntityGraphTrainConfig) -> torch.optim.Optimizer:
@@ -188,17 +202,22 @@ def train(
         logger.info("resuming from %s at epoch %d batch %d", checkpoint_dir, start_epoch, skip)
     model.train()
     optimizer = make_optimizer(model, cfg)
-    free = None
-    if cfg.user_mf or cfg.distill > 0:
-        uid = {u: k for k, u in enumerate(sorted(views.index.users))}
-        free = torch.nn.Embedding(len(uid), model.config.dim)
-        torch.nn.init.normal_(free.weight, std=0.01)
-        optimizer.add_param_group({"params": list(free.parameters()), "lr": cfg.entity_lr,
-                                   "weight_decay": 0.0})
     ema = averaging.averaged(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    free = UserVectors(sorted(views.index.users), model.out_dim, cfg.seed) \
+        if cfg.distill > 0 else None
+    # trained as the entity vectors are (free rows of a table); their optimiser group
+    # joins before a checkpoint's optimiser state is loaded only if that holds them
+    restored = free is not None and progress is not None and checkpoint_dir is not None \
+        and free.load(checkpoint_dir)
+    if free is not None and (progress is None or restored):
+        _add_group(optimizer, free, cfg)
     if progress is not None:
         assert checkpoint_dir is not None
         load_optimizer(optimizer, checkpoint_dir)
+        if free is not None and not restored:
+            logger.info("checkpoint %s holds no free user vectors: they start now",
+                        checkpoint_dir)
+            _add_group(optimizer, free, cfg)
         if ema is not None and not averaging.load(ema, checkpoint_dir):
             logger.info("checkpoint %s holds no weight average: it starts now", checkpoint_dir)
     # re-seeded every step from (seed, step): a resumed run draws the dropout masks and
@@ -239,17 +258,11 @@ def train(
                 logits = users @ model.item_table[domain_rows[batch.domain]].t()
                 loss = multi_positive_softmax(logits, batch.positives, batch.pos_mask)
                 if free is not None:
-                    assert batch.users is not None and batch.cold is not None
-                    pu = free(torch.tensor([uid[u] for u in batch.users]))
-                    mf_logits = pu @ model.item_table[domain_rows[batch.domain]].t()
-                    loss = loss + multi_positive_softmax(mf_logits, batch.positives,
-                                                         batch.pos_mask)
-                    if cfg.distill > 0:
-                        err = ((users - pu.detach()) ** 2).mean(-1)
-                        if cfg.distill_cold_only:
-                            w = batch.cold.float()
-                            err = err * w / w.sum().clamp(min=1) * len(w)
-                        loss = loss + cfg.distill * err.mean()
+                    mine = free.rows(batch.users)
+                    items = model.item_table[domain_rows[batch.domain]]
+                    loss = loss + multi_positive_softmax(mine @ items.t(), batch.positives,
+                                                         batch.pos_mask) \
+                        + cfg.distill * UserVectors.distance(users, mine)
                 if triples is not None and transe is not None:
                     pick = torch.randint(len(triples), (cfg.kg_batch,), generator=kg_gen)
                     loss = loss + model.config.kg_weight * transe.loss(
@@ -270,7 +283,8 @@ def train(
                 bar.update(1)
                 stop = sigint.hit or (max_steps is not None and result.steps >= max_steps)
                 if checkpoint_dir and (stop or result.steps % cfg.checkpoint_every == 0):
-                    _checkpoint(checkpoint_dir, model, optimizer, position(epoch, b + 1), ema)
+                    _checkpoint(checkpoint_dir, model, optimizer, position(epoch, b + 1),
+                                ema, free)
                 if stop:
                     bar.close()
                     result.seconds = time.perf_counter() - t0
@@ -284,7 +298,7 @@ def train(
             skip = 0
             result.epochs_done = epoch + 1
             if checkpoint_dir:
-                _checkpoint(checkpoint_dir, model, optimizer, position(epoch + 1, 0), ema)
+                _checkpoint(checkpoint_dir, model, optimizer, position(epoch + 1, 0), ema, free)
     result.seconds = time.perf_counter() - t0
     model.eval()
     if ema is not None:
