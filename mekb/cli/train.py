@@ -69,7 +69,7 @@ def train(
                                    "multd, multd-kge, multd-gnn, multd-kge-gnn: seconds to "
                                    "minutes, no checkpoint)."),
     epochs: int = typer.Option(None, "--epochs", min=1, help="Default 3 (embedme), "
-                               "30 (entitygraph)."),
+                               "20 (entitygraph)."),
     batch_users: int = typer.Option(32, "--batch-users", min=1, help="Users per micro-batch."),
     accum: int = typer.Option(1, "--accum", min=1, help="Micro-batches per optimiser step."),
     lr: float = typer.Option(None, "--lr", help="Default 5e-4 (embedme), 1e-3 (entitygraph)."),
@@ -129,7 +129,7 @@ def train(
         raise CliError(str(exc)) from None
     if model_kind == "entitygraph":
         _train_entitygraph(
-            sc, out, dataset=dataset, seed=seed, epochs=epochs or 30,
+            sc, out, dataset=dataset, seed=seed, epochs=epochs or 20,
             batch_users=batch_users, lr=1e-3 if lr is None else lr, entity_lr=entity_lr,
             dim=dim or 64, encoder=encoder, pretrained=not no_plm,
             multi_domain=multi_domain, ema_decay=ema_decay, distill=distill, cache=entity_cache,

@@ -28,7 +28,7 @@ class EntityGraphScorer:
         "lr": [1e-3, 3e-3],
         "entity_lr": [1e-2, 3e-3],
         "dropout": [0.1, 0.3],
-        "epochs": [30, 20],
+        "epochs": [20, 30],
     }
     _caches: ClassVar[dict[tuple[str | None, str | None], EntityVectorCache]] = {}
 

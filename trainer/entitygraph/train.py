@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EntityGraphTrainConfig:
     # defaults chosen on ml-100k's validation split (zero-shot users), docs/results.md
-    epochs: int = 30
+    epochs: int = 20
     batch_users: int = 32  # views per batch
     lr: float = 1e-3  # Adam: attention, MLP, item table
     entity_lr: float = 1e-2  # Adam: the entity vectors (fine-tuned from the encoder's)
