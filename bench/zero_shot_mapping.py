@@ -8,7 +8,8 @@ VALIDATION split only:
   (target items hidden, as at zero-shot time) — inductive;
 - `both`: the two concatenated.
 
-    OMP_NUM_THREADS=1 python bench/zero_shot_mapping.py --seeds 0 1 2 3
+    OMP_NUM_THREADS=1 python bench/zero_shot_mapping.py --seeds 0 1 2 3 \
+        --entitygraph '{"distill": 0.0, "epochs": 30}'   # the model of docs/results.md
 
 If `entitygraph` scores like `source-mf`, EntityGraph's user representation carries what
 EMCDR's does and the gap lies on the target side (the MF item space, the regression
@@ -52,7 +53,15 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--entitygraph", default="{}",
+                        help="JSON object of EntityGraph's parameters (default: its defaults)")
     args = parser.parse_args()
+    try:
+        eg_params = json.loads(args.entitygraph)
+    except ValueError as exc:
+        parser.error(f"--entitygraph is not JSON: {exc}")
+    if not isinstance(eg_params, dict):
+        parser.error("--entitygraph must be a JSON object")
     data = load("ml100k", False)
     means: dict[str, list[tuple[float, float]]] = {}
     for seed in args.seeds:
@@ -70,7 +79,7 @@ def main() -> None:
         has_t = torch.zeros(n, dtype=torch.bool)
         has_t[tu] = True
         both = torch.nonzero(has_s & has_t).squeeze(1)
-        eg = EntityGraphScorer()
+        eg = EntityGraphScorer(**eg_params)
         eg.fit(sc, seed)
         target = set(em.target_items)
         users = sorted(em.u_row, key=em.u_row.__getitem__)

@@ -25,7 +25,10 @@ from trainer.baselines.common import softmax_mf
 from trainer.data.scenario import Scenario
 
 
-class _Indexed:
+class IdIndex:
+    """Row/column indices of a scenario's users and source/target items (the ID
+    baselines and EntityGraph+MF's target side share them)."""
+
     def _index(self, scenario: Scenario) -> None:
         self.target_items = scenario.target_items()
         self.source_items = scenario.source_items()
@@ -46,7 +49,7 @@ class _Indexed:
         return t[:, 0], t[:, 1]
 
 
-class CMF(_Indexed):
+class CMF(IdIndex):
     name = "CMF"
     search_space: ClassVar[dict[str, list[Any]]] = {
         "dim": [64, 32, 128], "l2": [1e-5, 1e-4, 1e-3], "alpha": [0.5, 0.3, 0.7]}
@@ -122,7 +125,7 @@ def fit_mapping(xs: torch.Tensor, ys: torch.Tensor, *, seed: int, epochs: int) -
     return mapping
 
 
-class EMCDR(_Indexed):
+class EMCDR(IdIndex):
     name = "EMCDR"
     search_space: ClassVar[dict[str, list[Any]]] = {
         "dim": [64, 32, 128], "map_epochs": [200, 100, 400]}

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from trainer.baselines.common import softmax_mf
-from trainer.baselines.mf import _Indexed, fit_mapping
+from trainer.baselines.mf import IdIndex, fit_mapping
 from trainer.data.scenario import Scenario
 from trainer.entitygraph.data import pad
 from trainer.entitygraph.scorer import EntityGraphScorer
@@ -44,7 +44,7 @@ class EntityGraphMF(EntityGraphScorer):
 
     def fit(self, scenario: Scenario, seed: int) -> None:
         super().fit(scenario, seed)
-        ids = _Indexed()
+        ids = IdIndex()
         ids._index(scenario)
         su, _ = ids._pairs(scenario, scenario.sources)
         tu, ti = ids._pairs(scenario, scenario.target)

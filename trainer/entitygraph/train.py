@@ -255,12 +255,11 @@ def train(
                     keep = torch.rand(mask.shape, generator=drop_gen) >= model.config.dropout
                     mask = mask & keep
                 users = model.encode_rows(batch.rows, batch.scores, mask)
-                logits = users @ model.item_table[domain_rows[batch.domain]].t()
-                loss = multi_positive_softmax(logits, batch.positives, batch.pos_mask)
+                items = model.item_table[domain_rows[batch.domain]].t()  # one gather
+                loss = multi_positive_softmax(users @ items, batch.positives, batch.pos_mask)
                 if free is not None:
                     mine = free.rows(batch.users)
-                    items = model.item_table[domain_rows[batch.domain]]
-                    loss = loss + multi_positive_softmax(mine @ items.t(), batch.positives,
+                    loss = loss + multi_positive_softmax(mine @ items, batch.positives,
                                                          batch.pos_mask) \
                         + cfg.distill * UserVectors.distance(users, mine)
                 if triples is not None and transe is not None:
