@@ -91,7 +91,7 @@ def train(
                                     help="EntityGraph: the model saved is the exponential "
                                     "moving average of its weights, this decay per step "
                                     "(0 = the last step's weights)."),
-    distill: float = typer.Option(3.0, "--distill", min=0.0, help="EntityGraph: weight of "
+    distill: float = typer.Option(10.0, "--distill", min=0.0, help="EntityGraph: weight of "
                                   "the pull of the tower toward free per-user vectors "
                                   "trained beside it (training only; 0 = none)."),
     entity_cache: Path = typer.Option(None, "--entity-cache", help="EntityGraph title-vector "

@@ -27,7 +27,7 @@ class EntityGraphScorer:
     search_space: ClassVar[dict[str, list[Any]]] = {
         "lr": [1e-3, 3e-3],
         "entity_lr": [1e-2, 3e-3],
-        "dropout": [0.1, 0.3],
+        "dropout": [0.5, 0.3],
         "epochs": [20, 30],
     }
     _caches: ClassVar[dict[tuple[str | None, str | None], EntityVectorCache]] = {}

@@ -62,7 +62,7 @@ class EntityGraphTrainConfig:
     ema_decay: float = 0.995
     # weight of the pull of the tower's vector toward each training user's free vector
     # (trainer/entitygraph/distill.py); 0 = no free vectors. Chosen on validation
-    distill: float = 3.0
+    distill: float = 10.0
     kg_batch: int = 2048  # TransE triples per step (with a tied knowledge graph)
     seed: int = 0
     checkpoint_every: int = 50  # optimiser steps

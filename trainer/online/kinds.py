@@ -65,6 +65,7 @@ OWN_FIELDS = ("version", "parent", "kind", "created_at", "files", "metrics", "ga
               "training_offsets", "trainer", "training_topic_ids", "held", "n_items")
 EMBED_CHUNK = 1024
 GRAD_CLIP = 1.0  # max gradient norm of a step (every kind)
+LIVE_ENTITY_DROPOUT = 0.1  # a new live EntityGraph's entity dropout (pretrained())
 # EntityGraph's item table in the stream: a fresh row has a handful of steps to catch up
 # (offline training's 3e-3 left the default synthetic world at popularity's HR@10)
 ITEM_LR = 2e-2
@@ -364,7 +365,10 @@ class EntityGraphOnline:
         s = self.settings
         encoder = TitleEncoder(s.trainer_encoder)
         self._vectors, self._source = EntityVectorCache(None, encoder), s.trainer_encoder
+        # entity dropout 0.1: the offline default moved to 0.5 together with the free
+        # user vectors, which the live trainer lacks; its quality was measured at 0.1
         config = EntityGraphConfig(dim=s.trainer_dim, encoder=s.trainer_encoder,
+                                   dropout=LIVE_ENTITY_DROPOUT,
                                    k_star=s.k_star, encoder_fingerprint=encoder.fingerprint,
                                    kg_dim=s.trainer_kg_dim, kg_weight=s.trainer_kg_weight)
         torch.manual_seed(s.trainer_seed)
