@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 EMA_FILE = "ema.safetensors"  # in a checkpoint directory, beside the raw weights
+Params = list[Tensor] | tuple[Tensor, ...]  # what AveragedModel hands its multi_avg_fn
 
 
 def warmed_decay(decay: float, updates: int) -> float:
@@ -34,7 +35,7 @@ def averaged(model: nn.Module, decay: float) -> AveragedModel:
     if not 0.0 < decay < 1.0:
         raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
 
-    def update(avg: list[Tensor], current: list[Tensor], n: Tensor) -> None:
+    def update(avg: Params, current: Params, n: Tensor | int) -> None:
         torch._foreach_lerp_(avg, current, 1.0 - warmed_decay(decay, int(n)))
 
     return AveragedModel(model, multi_avg_fn=update, use_buffers=False)
