@@ -204,11 +204,11 @@ class MeKBAgents:
     async def _assign(self, tps: list[Any]) -> None:
         await self._ensure_started()
         await self.worker.tables_ready()  # a new mekb-updates topic is seeded with scores
-        rebased = await self.worker.assign([tp.partition for tp in tps])
+        positions = await self.worker.assign([tp.partition for tp in tps])
         for tp in tps:
-            if tp.partition in rebased:
-                # A new interactions topic: the group's offset belongs to the old one.
-                await self.app.consumer.seek(tp, 0)
+            if tp.partition in positions:
+                # the state's own position, never the group's offset (StreamWorker.assign)
+                await self.app.consumer.seek(tp, positions[tp.partition])
 
     async def on_partitions_assigned(self, sender: Any, assigned: set[Any],
                                      **_: Any) -> None:

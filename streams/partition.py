@@ -632,7 +632,11 @@ class MeKBPartition:
             update = self._update(user_id, state, now)
             plan.mekb_sizes.append(update.size)
             plan.outputs.append(update.value)
-        if plan.changes:
+        # A batch that changed no user (dead letters, duplicates) still moves the state's
+        # position: the consumer resumes from it, not from the group's offset
+        # (StreamWorker.assign), so what it consumed must be durable with the state too.
+        moved = plan.next_offset is not None and plan.next_offset > self.applied_next
+        if plan.changes or moved:
             self.seq += 1
             if plan.next_offset is not None:
                 self.applied_next = max(self.applied_next, plan.next_offset)

@@ -524,20 +524,27 @@ class StreamWorker:
             self.health.last_batch_at = now
 
     # --- rebalancing -------------------------------------------------------
-    async def assign(self, partitions: list[int]) -> set[int]:
-        """Restore newly assigned partitions; returns those whose input offsets were
-        rebased (a new interactions topic: the consumer must read it from the start)."""
-        rebased = set()
+    async def assign(self, partitions: list[int]) -> dict[int, int]:
+        """Restore newly assigned partitions; returns, for each, the input offset the
+        consumer must read from: the state's own position (`applied_next`, durable with
+        the state; 0 on a rebased, new interactions topic).
+
+        Never the group's committed offset: it can be ahead of the state. After a broker
+        restart the consumer, still holding the old assignment, resets to the new topic's
+        start, the old state skips those records as already applied (their offsets are
+        below its position) and commits past them; read from there, they would be lost
+        (tests/integration/test_restart_incarnation.py)."""
+        positions: dict[int, int] = {}
         async with self._lock:
             new = [p for p in partitions if p not in self.partitions]
             if new:
                 names = [self.t(n) for n in ("interactions", "mekb-changelog", "mekb-updates")]
                 ids = await asyncio.to_thread(topic_ids, self.settings, names)
                 for p in new:
-                    if await self._restore(p, ids):
-                        rebased.add(p)
+                    await self._restore(p, ids)
+                    positions[p] = self.partitions[p].applied_next
             self._sync_health()
-        return rebased
+        return positions
 
     async def revoke(self, partitions: list[int]) -> None:
         # The lock waits for a batch being processed, the drain for the batch being
@@ -557,18 +564,18 @@ class StreamWorker:
             for p, part in self.partitions.items()}
         self.metrics.partitions.labels("mekb").set(len(self.partitions))
 
-    async def _restore(self, p: int, ids: dict[str, str]) -> bool:
+    async def _restore(self, p: int, ids: dict[str, str]) -> None:
         """Catch the local state of partition p up with the changelog: from the local
         position (0 if RocksDB was lost) to a marker appended now. Offsets stored under
         another topic id than the topic's now (mekb/topics.py) are rebased: see
-        `_catch_up` and `_rebase`. Returns whether the input offsets were rebased."""
+        `_catch_up` and `_rebase`."""
         started = time.perf_counter()
         part = MeKBPartition(p, self.store, self.config, self.catalog, self.dftable,
                              self._n_partitions)
         part.load()
         n, new_changelog = await self._catch_up(part, ids.get(self.t("mekb-changelog")))
         part.load()
-        rebased = await self._rebase(part, ids, new_changelog)
+        await self._rebase(part, ids, new_changelog)
         self.partitions[p] = part
         # Re-publish every df partial of p: whatever a crash kept from being published
         # (and everything, into a new df-partials topic).
@@ -579,7 +586,6 @@ class StreamWorker:
         logger.info("partition %d ready: %d changelog records applied in %.2fs "
                     "(users' df entries %d, n_p %d, parked %d)", p, n, elapsed,
                     len(part.df_p), part.n_p, part.parked_count)
-        return rebased
 
     async def _catch_up(self, part: MeKBPartition, topic_id: str | None) -> tuple[int, bool]:
         """Apply the changelog records the store lacks. A changelog that is another topic
@@ -626,7 +632,7 @@ class StreamWorker:
         self.store.write({prefix + LOCAL: part.local_value(end + 1)})
         return n, new
 
-    async def _rebase(self, part: MeKBPartition, ids: dict[str, str], new_changelog: bool) -> bool:
+    async def _rebase(self, part: MeKBPartition, ids: dict[str, str], new_changelog: bool) -> None:
         """Make the topics agree with the state after some of them were re-created (or the
         embedded broker restarted): rebase the input offsets to a new interactions topic,
         seed a new changelog from the store, publish every user's MeKB to a new
@@ -674,7 +680,6 @@ class StreamWorker:
             if updates:
                 logger.info("partition %d: %d MeKBs published to mekb-updates (id %s)", p,
                             len(updates), updates_id)
-        return rebased
 
     def _transaction(self) -> Any:
         """Sends outside a batch: in a transaction where the producer is transactional."""
@@ -718,13 +723,11 @@ def _listener(worker: StreamWorker, consumer: Any) -> Any:
             await worker.revoke([tp.partition for tp in revoked])
 
         async def on_partitions_assigned(self, assigned: Any) -> None:
-            rebased = await worker.assign([tp.partition for tp in assigned])
+            positions = await worker.assign([tp.partition for tp in assigned])
             for tp in assigned:
-                if tp.partition in rebased:
-                    # The group's committed offset (if the broker kept one) belongs to
-                    # the old topic: read the new one from its start (a retention-trimmed
-                    # start resets to the earliest offset).
-                    consumer.seek(tp, 0)
+                if tp.partition in positions:
+                    # (a retention-trimmed start resets to the earliest offset)
+                    consumer.seek(tp, positions[tp.partition])
 
     return Listener()
 
