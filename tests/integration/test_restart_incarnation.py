@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -145,6 +145,34 @@ def test_worker_restart_on_a_new_broker_keeps_state_and_applies_new_events(
             assert worker.stop() == 0
 
 
+RefOf = Callable[[list[dict[str, Any]]], tuple[Any, dict[str, int], int]]
+
+
+def _first_half_applied(s: Settings, alias: Path, log: Any, pairs: list[tuple[bytes, bytes]],
+                        cut: int, tmp_path: Path) -> tuple[Worker, RefOf]:
+    """Items produced, worker w1 started, the first `cut` interactions applied exactly;
+    returns the running worker and the reference (counts, df, N) of a list of events."""
+    ents = linked_entities(s, alias, log.items)
+
+    def ref_of(events: list[dict[str, Any]]) -> tuple[Any, dict[str, int], int]:
+        ref = reference_counts(events, lambda i: ents[i])
+        return (ref, *reference_df(ref))
+
+    produce(s, "items", [(str(x["item_id"]).encode(), json.dumps(x).encode())
+                         for x in log.items])
+    first = {str(e["event_id"]) for e in records_json(pairs[:cut])}
+    worker = Worker(s, alias, "w1", tmp_path / "w1.log")
+    try:
+        worker.wait_ready()
+        worker.wait_items(len(log.items))
+        produce(s, "interactions", pairs[:cut])
+        wait_exact(s, *ref_of([e for e in log.valid if e["event_id"] in first]))
+    except BaseException:
+        worker.stop()
+        raise
+    return worker, ref_of
+
+
 def _commit_group_at_end(settings: Settings, group: str, topic: str) -> dict[int, int]:
     """Join `group` (it has no other member now), take every partition of `topic` and
     commit its end offset; returns the committed offsets read back."""
@@ -185,24 +213,9 @@ def test_worker_resumes_from_its_state_not_from_a_group_offset_ahead_of_it(
                    dup_rate=0.10, malformed_rate=0.02)
     pairs = list(zip(log.keys, log.interactions, strict=True))
     cut = len(pairs) // 2
-    first = {str(e["event_id"]) for e in records_json(pairs[:cut])}
     with broker_run(tmp_path, "broker", **fields) as s:
-        ents = linked_entities(s, alias, log.items)
-
-        def ref_of(events: list[dict[str, Any]]) -> tuple[Any, dict[str, int], int]:
-            ref = reference_counts(events, lambda i: ents[i])
-            return (ref, *reference_df(ref))
-
-        produce(s, "items", [(str(x["item_id"]).encode(), json.dumps(x).encode())
-                             for x in log.items])
-        worker = Worker(s, alias, "w1", tmp_path / "w1.log")
-        try:
-            worker.wait_ready()
-            worker.wait_items(len(log.items))
-            produce(s, "interactions", pairs[:cut])
-            wait_exact(s, *ref_of([e for e in log.valid if e["event_id"] in first]))
-        finally:
-            assert worker.stop() == 0
+        worker, ref_of = _first_half_applied(s, alias, log, pairs, cut, tmp_path)
+        assert worker.stop() == 0
         produce(s, "interactions", pairs[cut:])
         committed = _commit_group_at_end(s, s.topic("mekb-streams"), "interactions")
         assert sum(committed.values()) == len(pairs)  # the group is past every record
@@ -225,25 +238,12 @@ def test_worker_follows_a_broker_restart_while_it_runs(alias: Path, tmp_path: Pa
                    dup_rate=0.10)
     pairs = list(zip(log.keys, log.interactions, strict=True))
     cut = len(pairs) // 2
-    first = {str(e["event_id"]) for e in records_json(pairs[:cut])}
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
         s = Settings(**{"bootstrap_servers": broker.bootstrap_servers, "broker_flavor": "tansu",
                         "topic_prefix": "r-", "data_dir": tmp_path / "data", **fields})
         create_topics(s)
-        ents = linked_entities(s, alias, log.items)
-
-        def ref_of(events: list[dict[str, Any]]) -> tuple[Any, dict[str, int], int]:
-            ref = reference_counts(events, lambda i: ents[i])
-            return (ref, *reference_df(ref))
-
-        produce(s, "items", [(str(x["item_id"]).encode(), json.dumps(x).encode())
-                             for x in log.items])
-        worker = Worker(s, alias, "w1", tmp_path / "w1.log")
+        worker, ref_of = _first_half_applied(s, alias, log, pairs, cut, tmp_path)
         try:
-            worker.wait_ready()
-            worker.wait_items(len(log.items))
-            produce(s, "interactions", pairs[:cut])
-            wait_exact(s, *ref_of([e for e in log.valid if e["event_id"] in first]))
             broker.stop()
             broker.start()  # same port, no topics
             create_topics(s)
